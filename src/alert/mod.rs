@@ -1,0 +1,49 @@
+//! Alert outputs: where a decision becomes a signal someone acts on.
+//!
+//! Every output (the simulated log output now; GPIO lines and the serial protocol next) is an
+//! [`AlertOutput`]. The loop drives outputs directly, since an alert must not wait behind I/O
+//! of lesser importance, and records which outputs were driven and when.
+
+pub mod log;
+
+use crate::config::{Board, OutputKind};
+use crate::rules::{AlertState, RuleMeta};
+
+/// What an output is told.
+#[derive(Clone, Copy, Debug)]
+pub struct Signal<'a> {
+    pub rule: &'a RuleMeta,
+    pub state: AlertState,
+    pub track: u32,
+    pub frame: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    #[error("output `{output}`: {message}")]
+    Drive { output: String, message: String },
+    #[error("output `{0}`: kind `{1}` is not supported by this build yet")]
+    Unsupported(String, &'static str),
+}
+
+/// One alert output.
+pub trait AlertOutput: Send {
+    fn name(&self) -> &str;
+    /// Drives the output for `signal`, returning once it has been driven.
+    fn drive(&mut self, signal: &Signal<'_>) -> Result<(), AlertError>;
+}
+
+/// Opens the board's outputs, in profile order (rules refer to them by index).
+pub fn open_outputs(board: &Board) -> Result<Vec<Box<dyn AlertOutput>>, AlertError> {
+    board
+        .outputs
+        .iter()
+        .map(|o| -> Result<Box<dyn AlertOutput>, AlertError> {
+            match o.kind {
+                OutputKind::Log => Ok(Box::new(log::LogOutput::new(&o.name))),
+                OutputKind::Gpio => Err(AlertError::Unsupported(o.name.clone(), "gpio")),
+                OutputKind::Serial => Err(AlertError::Unsupported(o.name.clone(), "serial")),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,115 @@
+//! `sideline check`: everything a profile points to, exercised the way `run` would use it,
+//! without starting the loop. A profile that passes here starts in the field.
+
+use anyhow::Context;
+
+use crate::config::{Backend, Board, CameraKind, OutputKind};
+use crate::infer::detector::Detector;
+use crate::infer::pose::PoseEstimator;
+use crate::infer::Engine;
+
+/// Runs the checks and returns a human-readable report of what was verified and what could not
+/// be verified on this machine.
+pub fn check(board: &Board) -> anyhow::Result<String> {
+    let mut report = vec![format!(
+        "board `{}` (device {})",
+        board.board.name, board.board.device_id
+    )];
+    let mut frame_size = None;
+    for cam in &board.cameras {
+        match cam.kind {
+            CameraKind::Sim => {
+                let src =
+                    crate::capture::y4m::Y4mCamera::open(&cam.source, false, Some((cam.width, cam.height)))
+                        .with_context(|| format!("camera `{}`", cam.name))?;
+                use crate::capture::FrameSource;
+                let info = src.info();
+                report.push(format!(
+                    "camera `{}`: clip {} {}x{} at {} fps",
+                    cam.name,
+                    cam.source.display(),
+                    info.width,
+                    info.height,
+                    info.fps
+                ));
+            }
+            CameraKind::V4l2 => report.push(format!(
+                "camera `{}`: v4l2 {} {}x{} at {} fps (device not opened by this build)",
+                cam.name,
+                cam.source.display(),
+                cam.width,
+                cam.height,
+                cam.fps
+            )),
+        }
+        frame_size.get_or_insert((cam.width, cam.height));
+    }
+    let (w, h) = frame_size.context("the profile has no camera")?;
+    if let Some(a) = &board.audio {
+        report.push(format!(
+            "audio: {:?} {} at {} Hz",
+            a.kind,
+            a.source.display(),
+            a.sample_rate
+        ));
+    }
+    let uses_ort = board.models.detector.backend == Backend::Ort
+        || board
+            .models
+            .pose
+            .as_ref()
+            .is_some_and(|p| p.backend == Backend::Ort);
+    #[cfg(feature = "ort")]
+    if uses_ort {
+        let v = crate::infer::ort_engine::runtime_version(&board.inference)?;
+        report.push(format!("onnxruntime: {v}"));
+    }
+    #[cfg(not(feature = "ort"))]
+    let _ = uses_ort;
+    let det = Detector::new(&board.models.detector, w, h, &board.inference).context("models.detector")?;
+    report.push(describe("detector", &board.models.detector.path, det.engine()));
+    if let Some(p) = &board.models.pose {
+        let pose = PoseEstimator::new(p, w, h, &board.inference).context("models.pose")?;
+        report.push(describe("pose", &p.path, pose.engine()));
+    }
+    crate::rules::RuleSet::new(board).context("rules")?;
+    report.push(format!(
+        "rules: {} zone incursion, {} player down",
+        board.rules.zone_incursion.len(),
+        board.rules.player_down.len()
+    ));
+    for o in &board.outputs {
+        let note = match o.kind {
+            OutputKind::Log => "simulated (log line + events)".to_string(),
+            OutputKind::Gpio => format!(
+                "gpio {}:{} (not driven by this build yet)",
+                o.chip.as_deref().unwrap_or("?"),
+                o.line.as_deref().unwrap_or("?")
+            ),
+            OutputKind::Serial => format!(
+                "serial {} (not driven by this build yet)",
+                o.port.as_deref().unwrap_or("?")
+            ),
+        };
+        report.push(format!("output `{}`: {note}", o.name));
+    }
+    report.push(format!("storage: {}", board.storage.path.display()));
+    Ok(report.join("\n"))
+}
+
+fn describe(what: &str, path: &std::path::Path, e: &dyn Engine) -> String {
+    let outs: Vec<String> = e
+        .outputs()
+        .iter()
+        .map(|o| format!("{} {:?}", o.name, o.shape))
+        .collect();
+    format!(
+        "{what}: {} on {:?}; input {} {:?} {:?}; outputs {}",
+        path.display(),
+        e.backend(),
+        e.input().name,
+        e.input().dtype,
+        e.input().shape,
+        outs.join(", ")
+    )
+}

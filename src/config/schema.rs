@@ -1,0 +1,255 @@
+//! The profile's shape. Every table rejects unknown fields: a typo in a safety threshold must not
+//! silently fall back to a default.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Board {
+    pub board: BoardInfo,
+    pub cameras: Vec<Camera>,
+    #[serde(default)]
+    pub audio: Option<Audio>,
+    #[serde(default)]
+    pub inference: Inference,
+    pub models: Models,
+    #[serde(default)]
+    pub rules: Rules,
+    pub outputs: Vec<Output>,
+    pub storage: Storage,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardInfo {
+    pub name: String,
+    pub device_id: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraKind {
+    /// A recorded clip (YUV4MPEG2) delivered like a camera.
+    Sim,
+    /// A V4L2 capture device.
+    V4l2,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Camera {
+    pub name: String,
+    pub kind: CameraKind,
+    /// Clip file for `sim`, device node (e.g. `/dev/video0`) for `v4l2`.
+    pub source: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioKind {
+    /// A WAV file delivered like a microphone.
+    #[serde(alias = "sim")]
+    Wav,
+    /// An ALSA capture device.
+    Alsa,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audio {
+    pub kind: AudioKind,
+    /// WAV file for `wav`, PCM name (e.g. `hw:1,0`) for `alsa`.
+    pub source: PathBuf,
+    #[serde(default = "default_sample_rate")]
+    pub sample_rate: u32,
+    #[serde(default = "default_chunk_ms")]
+    pub chunk_ms: u32,
+}
+
+fn default_sample_rate() -> u32 {
+    16_000
+}
+fn default_chunk_ms() -> u32 {
+    32
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inference {
+    /// onnxruntime shared library; `ORT_DYLIB_PATH` overrides it.
+    #[serde(default)]
+    pub ort_library: Option<PathBuf>,
+    /// Threads for inference; 0 means one per core.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Ort,
+    Tract,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Models {
+    pub detector: DetectorModel,
+    #[serde(default)]
+    pub pose: Option<PoseModel>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorModel {
+    pub path: PathBuf,
+    pub backend: Backend,
+    /// Network input `[width, height]`.
+    pub input: [u32; 2],
+    pub score_threshold: f32,
+    /// COCO class names to keep, e.g. `["person", "sports ball"]`.
+    pub classes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoseModel {
+    pub path: PathBuf,
+    pub backend: Backend,
+    /// Network input `[width, height]`, multiples of 32.
+    pub input: [u32; 2],
+    /// Minimum person score.
+    pub score_threshold: f32,
+    /// Keypoints below this score are treated as not seen.
+    #[serde(default = "default_keypoint_threshold")]
+    pub keypoint_threshold: f32,
+}
+
+fn default_keypoint_threshold() -> f32 {
+    0.2
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    #[serde(default)]
+    pub zone_incursion: Vec<ZoneIncursion>,
+    #[serde(default)]
+    pub player_down: Vec<PlayerDown>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneIncursion {
+    pub name: String,
+    /// Polygon vertices in frame pixels, `[[x, y], ...]`.
+    pub polygon: Vec<[f32; 2]>,
+    #[serde(default = "default_zone_classes")]
+    pub classes: Vec<String>,
+    /// Consecutive frames the foot point must be inside before the alert fires.
+    #[serde(default = "default_min_frames")]
+    pub min_frames: u32,
+    pub severity: Severity,
+    pub outputs: Vec<String>,
+    /// Seconds before the same track can raise this rule again.
+    #[serde(default = "default_cooldown")]
+    pub cooldown_s: f32,
+}
+
+fn default_zone_classes() -> Vec<String> {
+    vec!["person".into()]
+}
+fn default_min_frames() -> u32 {
+    3
+}
+fn default_cooldown() -> f32 {
+    30.0
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlayerDown {
+    pub name: String,
+    /// Seconds a person must stay down, and still, before the alert fires.
+    #[serde(default = "default_min_down")]
+    pub min_down_s: f32,
+    /// Torso (hip centre to shoulder centre) at most this far from horizontal.
+    #[serde(default = "default_torso_angle")]
+    pub max_torso_angle_deg: f32,
+    /// Hips at most this high above the lowest keypoint, in torso lengths.
+    #[serde(default = "default_hip_height")]
+    pub max_hip_height: f32,
+    /// Hip centre moves at most this far while down, in torso lengths.
+    #[serde(default = "default_motion")]
+    pub max_motion: f32,
+    pub severity: Severity,
+    pub outputs: Vec<String>,
+    #[serde(default = "default_cooldown")]
+    pub cooldown_s: f32,
+}
+
+fn default_min_down() -> f32 {
+    3.0
+}
+fn default_torso_angle() -> f32 {
+    35.0
+}
+fn default_hip_height() -> f32 {
+    0.6
+}
+fn default_motion() -> f32 {
+    0.5
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// Simulated output: a log line and the events file.
+    Log,
+    /// A GPIO line (character device v2).
+    Gpio,
+    /// A serial port speaking the alert protocol.
+    Serial,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    pub name: String,
+    pub kind: OutputKind,
+    /// GPIO chip label or path, e.g. `tegra234-gpio`.
+    #[serde(default)]
+    pub chip: Option<String>,
+    /// GPIO line name or offset.
+    #[serde(default)]
+    pub line: Option<String>,
+    #[serde(default)]
+    pub active_low: bool,
+    /// Serial device, e.g. `/dev/ttyTHS1`.
+    #[serde(default)]
+    pub port: Option<String>,
+    #[serde(default)]
+    pub baud: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// Directory for the device's durable state.
+    pub path: PathBuf,
+}

@@ -1,0 +1,252 @@
+//! Consistency checks serde cannot express: references between sections, geometry, ranges, files.
+//! Each finding is `(field path, message)`; the caller locates it in the text.
+
+use std::collections::HashSet;
+
+use super::*;
+use crate::geometry::Polygon;
+use crate::infer::coco;
+
+type Findings = Vec<(String, String)>;
+
+pub(super) fn check(b: &Board) -> Findings {
+    let mut f = Findings::new();
+    if b.board.device_id.trim().is_empty() {
+        f.push(("board.device_id".into(), "must not be empty".into()));
+    }
+    check_cameras(b, &mut f);
+    if let Some(a) = &b.audio {
+        if !(8_000..=48_000).contains(&a.sample_rate) {
+            f.push((
+                "audio.sample_rate".into(),
+                format!("{} Hz is outside 8000..=48000", a.sample_rate),
+            ));
+        }
+        if !(1..=1000).contains(&a.chunk_ms) {
+            f.push((
+                "audio.chunk_ms".into(),
+                format!("{} ms is outside 1..=1000", a.chunk_ms),
+            ));
+        }
+        if a.kind == AudioKind::Wav && !a.source.is_file() {
+            f.push((
+                "audio.source".into(),
+                format!("no such file: {}", a.source.display()),
+            ));
+        }
+    }
+    if let Some(lib) = &b.inference.ort_library {
+        // Only a hint here: ORT_DYLIB_PATH may point elsewhere, and tract needs no library.
+        if lib.as_os_str().is_empty() {
+            f.push(("inference.ort_library".into(), "must not be empty".into()));
+        }
+    }
+    check_models(b, &mut f);
+    let outputs = check_outputs(b, &mut f);
+    check_rules(b, &outputs, &mut f);
+    if b.storage.path.as_os_str().is_empty() {
+        f.push(("storage.path".into(), "must not be empty".into()));
+    }
+    f
+}
+
+fn check_cameras(b: &Board, f: &mut Findings) {
+    if b.cameras.is_empty() {
+        f.push(("cameras".into(), "at least one camera is required".into()));
+    }
+    let mut names = HashSet::new();
+    for (i, c) in b.cameras.iter().enumerate() {
+        let at = |field: &str| format!("cameras[{i}].{field}");
+        if !names.insert(c.name.as_str()) {
+            f.push((at("name"), format!("duplicate camera name `{}`", c.name)));
+        }
+        if c.width == 0 || c.height == 0 || c.width % 2 != 0 || c.height % 2 != 0 {
+            f.push((
+                at("width"),
+                format!("{}x{} must be non-zero and even", c.width, c.height),
+            ));
+        }
+        if !(c.fps > 0.0 && c.fps <= 240.0) {
+            f.push((at("fps"), format!("{} is outside (0, 240]", c.fps)));
+        }
+        if c.kind == CameraKind::Sim && !c.source.is_file() {
+            f.push((
+                at("source"),
+                format!(
+                    "no such clip: {} (run scripts/setup to fetch the sample media)",
+                    c.source.display()
+                ),
+            ));
+        }
+    }
+}
+
+fn check_threshold(v: f32, field: String, f: &mut Findings) {
+    if !(v > 0.0 && v <= 1.0) {
+        f.push((field, format!("{v} is outside (0, 1]")));
+    }
+}
+
+fn check_model_file(path: &std::path::Path, field: String, f: &mut Findings) {
+    if !path.is_file() {
+        f.push((field, format!("no such model file: {}", path.display())));
+    }
+}
+
+fn check_models(b: &Board, f: &mut Findings) {
+    let d = &b.models.detector;
+    check_model_file(&d.path, "models.detector.path".into(), f);
+    if d.input[0] == 0 || d.input[1] == 0 {
+        f.push((
+            "models.detector.input".into(),
+            "width and height must be non-zero".into(),
+        ));
+    }
+    check_threshold(d.score_threshold, "models.detector.score_threshold".into(), f);
+    if d.classes.is_empty() {
+        f.push(("models.detector.classes".into(), "list at least one class".into()));
+    }
+    for (i, c) in d.classes.iter().enumerate() {
+        if coco::class_id(c).is_none() {
+            f.push((
+                format!("models.detector.classes[{i}]"),
+                format!("`{c}` is not a COCO class name"),
+            ));
+        }
+    }
+    if let Some(p) = &b.models.pose {
+        check_model_file(&p.path, "models.pose.path".into(), f);
+        if p.input.iter().any(|&v| v == 0 || v % 32 != 0) {
+            f.push((
+                "models.pose.input".into(),
+                format!(
+                    "{}x{}: width and height must be non-zero multiples of 32",
+                    p.input[0], p.input[1]
+                ),
+            ));
+        }
+        check_threshold(p.score_threshold, "models.pose.score_threshold".into(), f);
+        check_threshold(p.keypoint_threshold, "models.pose.keypoint_threshold".into(), f);
+    }
+}
+
+fn check_outputs<'a>(b: &'a Board, f: &mut Findings) -> HashSet<&'a str> {
+    let mut names = HashSet::new();
+    for (i, o) in b.outputs.iter().enumerate() {
+        let at = |field: &str| format!("outputs[{i}].{field}");
+        if !names.insert(o.name.as_str()) {
+            f.push((at("name"), format!("duplicate output name `{}`", o.name)));
+        }
+        match o.kind {
+            OutputKind::Log => {}
+            OutputKind::Gpio => {
+                if o.chip.as_deref().is_none_or(str::is_empty) {
+                    f.push((at("chip"), "a gpio output needs `chip` (label or path)".into()));
+                }
+                if o.line.as_deref().is_none_or(str::is_empty) {
+                    f.push((at("line"), "a gpio output needs `line` (name or offset)".into()));
+                }
+            }
+            OutputKind::Serial => {
+                if o.port.as_deref().is_none_or(str::is_empty) {
+                    f.push((at("port"), "a serial output needs `port`".into()));
+                }
+            }
+        }
+    }
+    names
+}
+
+fn check_rule_common(
+    at: &dyn Fn(&str) -> String,
+    name: &str,
+    outputs: &[String],
+    cooldown_s: f32,
+    known: &HashSet<&str>,
+    names: &mut HashSet<String>,
+    f: &mut Findings,
+) {
+    if name.trim().is_empty() {
+        f.push((at("name"), "must not be empty".into()));
+    } else if !names.insert(name.to_string()) {
+        f.push((at("name"), format!("duplicate rule name `{name}`")));
+    }
+    if outputs.is_empty() {
+        f.push((at("outputs"), "list at least one output".into()));
+    }
+    for (j, o) in outputs.iter().enumerate() {
+        if !known.contains(o.as_str()) {
+            f.push((
+                at(&format!("outputs[{j}]")),
+                format!("no output named `{o}` in [[outputs]]"),
+            ));
+        }
+    }
+    if !(cooldown_s >= 0.0 && cooldown_s.is_finite()) {
+        f.push((at("cooldown_s"), format!("{cooldown_s} must be >= 0")));
+    }
+}
+
+fn check_rules(b: &Board, outputs: &HashSet<&str>, f: &mut Findings) {
+    let mut names = HashSet::new();
+    let frame = b.cameras.first().map(|c| (c.width as f32, c.height as f32));
+    for (i, z) in b.rules.zone_incursion.iter().enumerate() {
+        let at = |field: &str| format!("rules.zone_incursion[{i}].{field}");
+        check_rule_common(&at, &z.name, &z.outputs, z.cooldown_s, outputs, &mut names, f);
+        match Polygon::new(&z.polygon) {
+            Err(e) => f.push((at("polygon"), e.to_string())),
+            Ok(_) => {
+                if let Some((w, h)) = frame {
+                    for (j, p) in z.polygon.iter().enumerate() {
+                        if p[0] < 0.0 || p[1] < 0.0 || p[0] > w || p[1] > h {
+                            f.push((
+                                at(&format!("polygon[{j}]")),
+                                format!("point ({}, {}) lies outside the {w}x{h} frame", p[0], p[1]),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for (j, c) in z.classes.iter().enumerate() {
+            if coco::class_id(c).is_none() {
+                f.push((
+                    at(&format!("classes[{j}]")),
+                    format!("`{c}` is not a COCO class name"),
+                ));
+            } else if !b.models.detector.classes.contains(c) {
+                f.push((
+                    at(&format!("classes[{j}]")),
+                    format!("`{c}` is not in models.detector.classes, so it is never detected"),
+                ));
+            }
+        }
+        if z.min_frames == 0 {
+            f.push((at("min_frames"), "must be at least 1".into()));
+        }
+    }
+    for (i, r) in b.rules.player_down.iter().enumerate() {
+        let at = |field: &str| format!("rules.player_down[{i}].{field}");
+        check_rule_common(&at, &r.name, &r.outputs, r.cooldown_s, outputs, &mut names, f);
+        if b.models.pose.is_none() {
+            f.push((
+                at("name"),
+                "player_down needs a pose model ([models.pose])".into(),
+            ));
+        }
+        if !(r.min_down_s > 0.0 && r.min_down_s.is_finite()) {
+            f.push((at("min_down_s"), format!("{} must be > 0", r.min_down_s)));
+        }
+        if !(r.max_torso_angle_deg > 0.0 && r.max_torso_angle_deg < 90.0) {
+            f.push((
+                at("max_torso_angle_deg"),
+                format!("{} is outside (0, 90)", r.max_torso_angle_deg),
+            ));
+        }
+        for (field, v) in [("max_hip_height", r.max_hip_height), ("max_motion", r.max_motion)] {
+            if !(v > 0.0 && v.is_finite()) {
+                f.push((at(field), format!("{v} must be > 0")));
+            }
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! The event stream: one JSON object per line, for people, tests and the pattern store.
+//!
+//! Times are microseconds on the monotonic clock (`capture_us`, `decision_us`) so events from
+//! cameras and microphones can be ordered against each other.
+
+use serde::Serialize;
+
+use crate::config::Severity;
+use crate::geometry::{BBox, Point};
+use crate::rules::{AlertState, RuleKind};
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Detection {
+        frame: u64,
+        capture_us: u64,
+        class: &'static str,
+        score: f32,
+        #[serde(rename = "box")]
+        bbox: BBox,
+        track: u32,
+    },
+    Alert(AlertEvent),
+    Summary(crate::telemetry::Summary),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AlertEvent {
+    pub rule: String,
+    pub kind: RuleKind,
+    pub severity: Severity,
+    pub state: AlertState,
+    pub track: u32,
+    pub frame: u64,
+    pub capture_us: u64,
+    pub decision_us: u64,
+    /// Frame arrival to outputs driven.
+    pub latency_us: u64,
+    pub outputs: Vec<String>,
+    pub at: Point,
+}

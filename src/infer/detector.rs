@@ -1,0 +1,226 @@
+//! Person and ball detector: CenterNet (MobileNetV3, COCO-80), whose graph already does top-k,
+//! so decoding is a threshold, a class filter and the letterbox inverse.
+
+use serde::Serialize;
+
+use super::letterbox::Letterbox;
+use super::preprocess::Preprocessor;
+use super::{coco, DType, Engine, InferError, Input};
+use crate::capture::Frame;
+use crate::config::{DetectorModel, Inference};
+use crate::geometry::BBox;
+
+/// The graph's output: `[1, N, 6]` rows of x1, y1, x2, y2 (input pixels), score, class.
+pub const OUTPUT: &str = "tower_0/detections";
+const ROW: usize = 6;
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Detection {
+    pub class: u16,
+    pub score: f32,
+    #[serde(rename = "box")]
+    pub bbox: BBox,
+}
+
+/// Which classes to keep, by COCO id.
+#[derive(Clone, Copy, Debug)]
+pub struct ClassFilter([bool; 80]);
+
+impl ClassFilter {
+    pub fn new(names: &[String]) -> Self {
+        let mut keep = [false; 80];
+        for id in names.iter().filter_map(|n| coco::class_id(n)) {
+            keep[id as usize] = true;
+        }
+        Self(keep)
+    }
+    pub fn keeps(&self, class: u16) -> bool {
+        self.0.get(class as usize).copied().unwrap_or(false)
+    }
+}
+
+/// Decodes raw rows into frame-space detections, appending to `out`. Rows with non-finite
+/// values or unknown classes are skipped: a model's garbage never becomes an alert.
+pub fn decode(raw: &[f32], lb: &Letterbox, threshold: f32, keep: &ClassFilter, out: &mut Vec<Detection>) {
+    for row in raw.chunks_exact(ROW) {
+        let [x1, y1, x2, y2, score, class] = [row[0], row[1], row[2], row[3], row[4], row[5]];
+        if score < threshold || !row.iter().all(|v| v.is_finite()) || class < 0.0 {
+            continue;
+        }
+        let class = class.round() as u16;
+        if !keep.keeps(class) {
+            continue;
+        }
+        let bbox = lb.box_to_frame(BBox {
+            x1: x1.min(x2),
+            y1: y1.min(y2),
+            x2: x1.max(x2),
+            y2: y1.max(y2),
+        });
+        if bbox.area() > 0.0 {
+            out.push(Detection { class, score, bbox });
+        }
+    }
+}
+
+pub struct Detector {
+    engine: Box<dyn Engine>,
+    pre: Preprocessor,
+    shape: [usize; 4],
+    input: Vec<f32>,
+    outputs: Vec<Vec<f32>>,
+    threshold: f32,
+    keep: ClassFilter,
+}
+
+impl Detector {
+    pub fn new(
+        cfg: &DetectorModel,
+        frame_w: u32,
+        frame_h: u32,
+        settings: &Inference,
+    ) -> Result<Self, InferError> {
+        let [w, h] = cfg.input;
+        let shape = [1, h as usize, w as usize, 3];
+        let engine = super::load(&cfg.path, cfg.backend, &shape, DType::F32, &[OUTPUT], settings)?;
+        let spec = &engine.outputs()[0];
+        if spec.shape.last().is_some_and(|&d| d >= 0 && d != ROW as i64) {
+            return Err(InferError::Mismatch {
+                path: cfg.path.clone(),
+                message: format!(
+                    "output `{}` has shape {:?}; expected [1, N, 6]",
+                    spec.name, spec.shape
+                ),
+            });
+        }
+        let pre = Preprocessor::new(frame_w, frame_h, w, h, 0.0);
+        Ok(Self {
+            input: vec![0.0; pre.input_len()],
+            outputs: vec![Vec::with_capacity(100 * ROW)],
+            engine,
+            pre,
+            shape,
+            threshold: cfg.score_threshold,
+            keep: ClassFilter::new(&cfg.classes),
+        })
+    }
+
+    pub fn engine(&self) -> &dyn Engine {
+        self.engine.as_ref()
+    }
+
+    pub fn letterbox(&self) -> &Letterbox {
+        &self.pre.letterbox
+    }
+
+    /// Converts the frame into the model input (the preprocess stage).
+    pub fn prepare(&mut self, frame: &Frame) {
+        self.pre.run(frame, &mut self.input);
+    }
+
+    /// Runs the model on the prepared input and appends detections to `out`.
+    pub fn infer(&mut self, out: &mut Vec<Detection>) -> Result<(), InferError> {
+        self.engine
+            .run(&self.shape, Input::F32(&self.input), &mut self.outputs)?;
+        decode(
+            &self.outputs[0],
+            &self.pre.letterbox,
+            self.threshold,
+            &self.keep,
+            out,
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keep(names: &[&str]) -> ClassFilter {
+        ClassFilter::new(&names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn decodes_known_rows_through_the_letterbox() {
+        // 768x576 into 512x512: scale 2/3, 64 rows of bars top and bottom.
+        let lb = Letterbox::new(768, 576, 512, 512);
+        #[rustfmt::skip]
+        let raw = [
+            100.0, 164.0, 200.0, 364.0, 0.9, 0.0,   // person
+            10.0, 74.0, 20.0, 84.0, 0.6, 32.0,      // sports ball
+            0.0, 0.0, 50.0, 50.0, 0.95, 2.0,        // car: filtered out
+            0.0, 64.0, 512.0, 448.0, 0.2, 0.0,      // below threshold
+            f32::NAN, 0.0, 1.0, 1.0, 0.9, 0.0,      // garbage
+            300.0, 100.0, 200.0, 0.0, 0.8, 0.0,     // corners swapped, top in the bar
+        ];
+        let mut out = vec![];
+        decode(&raw, &lb, 0.5, &keep(&["person", "sports ball"]), &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].class, 0);
+        assert_eq!(
+            out[0].bbox,
+            BBox {
+                x1: 150.0,
+                y1: 150.0,
+                x2: 300.0,
+                y2: 450.0
+            }
+        );
+        assert_eq!(out[1].class, 32);
+        assert_eq!(
+            out[1].bbox,
+            BBox {
+                x1: 15.0,
+                y1: 15.0,
+                x2: 30.0,
+                y2: 30.0
+            }
+        );
+        assert_eq!(
+            out[2].bbox,
+            BBox {
+                x1: 300.0,
+                y1: 0.0,
+                x2: 450.0,
+                y2: 54.0
+            }
+        );
+    }
+
+    #[test]
+    fn odd_frame_size_maps_back_exactly() {
+        // 641x359 into 512x512: content 512x287 (scale 0.7987...), pad_y 112.
+        let lb = Letterbox::new(641, 359, 512, 512);
+        assert_eq!(
+            (lb.content_w, lb.content_h, lb.pad_x, lb.pad_y),
+            (512, 287, 0, 112)
+        );
+        let raw = [0.0, 112.0, 512.0, 399.0, 0.7, 0.0];
+        let mut out = vec![];
+        decode(&raw, &lb, 0.5, &keep(&["person"]), &mut out);
+        assert_eq!(
+            out[0].bbox,
+            BBox {
+                x1: 0.0,
+                y1: 0.0,
+                x2: 641.0,
+                y2: 359.0
+            }
+        );
+        let raw = [256.0, 255.5, 256.0 + 64.0, 255.5 + 28.7, 0.7, 0.0];
+        out.clear();
+        decode(&raw, &lb, 0.5, &keep(&["person"]), &mut out);
+        let b = out[0].bbox;
+        let s = 641.0 / 512.0;
+        assert!(
+            (b.x1 - 256.0 * s).abs() < 1e-3 && (b.x2 - 320.0 * s).abs() < 1e-3,
+            "{b:?}"
+        );
+        let sy = 359.0 / 287.0;
+        assert!(
+            (b.y1 - 143.5 * sy).abs() < 1e-3 && (b.y2 - 172.2 * sy).abs() < 1e-2,
+            "{b:?}"
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! Camera pixels to model input: I420 -> RGB, bilinear letterbox resize, NHWC, in one pass
+//! with no allocation. Sampling tables are computed once per (frame size, input size).
+
+use super::letterbox::Letterbox;
+use crate::capture::Frame;
+
+/// An element of a model input tensor.
+pub trait Channel: Copy + Default {
+    fn from_value(v: f32) -> Self;
+}
+
+impl Channel for f32 {
+    #[inline]
+    fn from_value(v: f32) -> Self {
+        v
+    }
+}
+
+impl Channel for i32 {
+    #[inline]
+    fn from_value(v: f32) -> Self {
+        v.round() as i32
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Tap {
+    i0: u32,
+    i1: u32,
+    w1: f32,
+}
+
+fn taps(out: usize, src: usize, scale: f32) -> Vec<Tap> {
+    (0..out)
+        .map(|o| {
+            // Pixel centres line up: output centre o+0.5 maps to source (o+0.5)*scale.
+            let s = ((o as f32 + 0.5) * scale - 0.5).clamp(0.0, (src - 1) as f32);
+            let i0 = s.floor() as u32;
+            Tap {
+                i0,
+                i1: (i0 + 1).min(src as u32 - 1),
+                w1: s - i0 as f32,
+            }
+        })
+        .collect()
+}
+
+/// Converts frames of one size into one model input size.
+pub struct Preprocessor {
+    pub letterbox: Letterbox,
+    /// Value of the letterbox bars (each of R, G, B).
+    pad: f32,
+    luma_x: Vec<Tap>,
+    luma_y: Vec<Tap>,
+    chroma_x: Vec<Tap>,
+    chroma_y: Vec<Tap>,
+}
+
+impl Preprocessor {
+    pub fn new(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32, pad: f32) -> Self {
+        let lb = Letterbox::new(src_w, src_h, dst_w, dst_h);
+        let (cw, ch) = (lb.content_w as usize, lb.content_h as usize);
+        let sx = src_w as f32 / cw as f32;
+        let sy = src_h as f32 / ch as f32;
+        Self {
+            letterbox: lb,
+            pad,
+            luma_x: taps(cw, src_w as usize, sx),
+            luma_y: taps(ch, src_h as usize, sy),
+            chroma_x: taps(cw, src_w.div_ceil(2) as usize, sx / 2.0),
+            chroma_y: taps(ch, src_h.div_ceil(2) as usize, sy / 2.0),
+        }
+    }
+
+    /// Number of elements of the NHWC input.
+    pub fn input_len(&self) -> usize {
+        self.letterbox.dst_w as usize * self.letterbox.dst_h as usize * 3
+    }
+
+    /// Writes `frame` as RGB 0..255 into `out` (NHWC, batch 1).
+    pub fn run<T: Channel>(&self, frame: &Frame, out: &mut [T]) {
+        let lb = &self.letterbox;
+        debug_assert_eq!((frame.width, frame.height), (lb.src_w, lb.src_h));
+        assert_eq!(
+            out.len(),
+            self.input_len(),
+            "input buffer sized by Preprocessor::input_len"
+        );
+        let (yp, up, vp) = frame.planes();
+        let w = frame.width as usize;
+        let cw = frame.width.div_ceil(2) as usize;
+        let pad = T::from_value(self.pad);
+        let row_len = lb.dst_w as usize * 3;
+        let (px, py) = (lb.pad_x as usize, lb.pad_y as usize);
+        for (oy, row) in out.chunks_exact_mut(row_len).enumerate() {
+            let Some(ty) = oy.checked_sub(py).and_then(|y| self.luma_y.get(y)) else {
+                row.fill(pad);
+                continue;
+            };
+            let cy = &self.chroma_y[oy - py];
+            let (y0, y1) = (&yp[ty.i0 as usize * w..][..w], &yp[ty.i1 as usize * w..][..w]);
+            let (u0, u1) = (&up[cy.i0 as usize * cw..][..cw], &up[cy.i1 as usize * cw..][..cw]);
+            let (v0, v1) = (&vp[cy.i0 as usize * cw..][..cw], &vp[cy.i1 as usize * cw..][..cw]);
+            let (left, rest) = row.split_at_mut(px * 3);
+            left.fill(pad);
+            let (content, right) = rest.split_at_mut(self.luma_x.len() * 3);
+            right.fill(pad);
+            for ((px_out, tx), cx) in content.chunks_exact_mut(3).zip(&self.luma_x).zip(&self.chroma_x) {
+                let lerp2 = |r0: &[u8], r1: &[u8], t: &Tap, wy: f32| {
+                    let a = r0[t.i0 as usize] as f32
+                        + (r0[t.i1 as usize] as f32 - r0[t.i0 as usize] as f32) * t.w1;
+                    let b = r1[t.i0 as usize] as f32
+                        + (r1[t.i1 as usize] as f32 - r1[t.i0 as usize] as f32) * t.w1;
+                    a + (b - a) * wy
+                };
+                let y = lerp2(y0, y1, tx, ty.w1);
+                let u = lerp2(u0, u1, cx, cy.w1) - 128.0;
+                let v = lerp2(v0, v1, cx, cy.w1) - 128.0;
+                // BT.601, limited range: what cameras and the sample clip deliver.
+                let c = 1.164 * (y - 16.0);
+                px_out[0] = T::from_value((c + 1.596 * v).clamp(0.0, 255.0));
+                px_out[1] = T::from_value((c - 0.392 * u - 0.813 * v).clamp(0.0, 255.0));
+                px_out[2] = T::from_value((c + 2.017 * u).clamp(0.0, 255.0));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::PixelFormat;
+
+    fn flat_frame(w: u32, h: u32, y: u8, u: u8, v: u8) -> Frame {
+        let mut f = Frame::new(w, h, PixelFormat::I420);
+        let n = (w * h) as usize;
+        let c = (w.div_ceil(2) * h.div_ceil(2)) as usize;
+        f.data[..n].fill(y);
+        f.data[n..n + c].fill(u);
+        f.data[n + c..].fill(v);
+        f
+    }
+
+    #[test]
+    fn grey_frame_with_bars() {
+        // 40x20 into 16x16: content 16x8, bars of 4 rows top and bottom.
+        let p = Preprocessor::new(40, 20, 16, 16, 0.0);
+        let mut out = vec![-1.0f32; p.input_len()];
+        p.run(&flat_frame(40, 20, 126, 128, 128), &mut out);
+        let at = |x: usize, y: usize| &out[(y * 16 + x) * 3..][..3];
+        assert_eq!(at(0, 0), [0.0, 0.0, 0.0]);
+        assert_eq!(at(15, 15), [0.0, 0.0, 0.0]);
+        let g = 1.164 * 110.0;
+        for c in at(7, 8) {
+            assert!((c - g).abs() < 1e-3);
+        }
+        assert!(out.iter().all(|&v| v >= 0.0), "every element written");
+    }
+
+    #[test]
+    fn saturated_red_and_integer_output() {
+        let p = Preprocessor::new(8, 8, 4, 4, 0.0);
+        let mut out = vec![0i32; p.input_len()];
+        // Y=81, U=90, V=240 is pure red in BT.601 limited range.
+        p.run(&flat_frame(8, 8, 81, 90, 240), &mut out);
+        let px = &out[..3];
+        assert!(px[0] >= 250 && px[1] <= 5 && px[2] <= 5, "{px:?}");
+    }
+
+    #[test]
+    fn horizontal_gradient_is_resampled_linearly() {
+        let (w, h) = (64u32, 2u32);
+        let mut f = flat_frame(w, h, 0, 128, 128);
+        for y in 0..h as usize {
+            for x in 0..w as usize {
+                f.data[y * w as usize + x] = 16 + (x * 3) as u8;
+            }
+        }
+        let p = Preprocessor::new(w, h, 32, 1, 0.0);
+        let mut out = vec![0f32; p.input_len()];
+        p.run(&f, &mut out);
+        // Output pixel i samples source x = 2i + 0.5: luma 16 + 3 * (2i + 0.5).
+        for i in 0..32 {
+            let expect = 1.164 * (3.0 * (2.0 * i as f32 + 0.5)).min(3.0 * 63.0);
+            assert!(
+                (out[i * 3] - expect).abs() < 0.01,
+                "pixel {i}: {} vs {expect}",
+                out[i * 3]
+            );
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! sideline: field safety appliance firmware.
+//!
+//! Data path, one module each: [`capture`] and [`audio`] (sources) -> [`infer`] (models) ->
+//! [`track`] -> [`rules`] -> [`alert`] (outputs), with [`recorder`], [`store`] and [`sync`]
+//! taking events off the hot path and [`telemetry`] measuring it. [`pipeline`] is the per-frame
+//! loop that ties them together; [`config`] is the board profile that describes a device.
+
+pub mod alert;
+pub mod audio;
+pub mod capture;
+pub mod check;
+pub mod clock;
+pub mod config;
+pub mod event;
+pub mod geometry;
+pub mod infer;
+pub mod pipeline;
+pub mod recorder;
+pub mod rules;
+pub mod store;
+pub mod sync;
+pub mod telemetry;
+pub mod track;

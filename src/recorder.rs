@@ -1,0 +1,147 @@
+//! The recorder thread: everything the loop reports (events, alerts) crosses one bounded
+//! hand-off to here, so file and network I/O never stall a frame. Alerts are also appended to
+//! the durable pattern log and offered to the uplink.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+
+use crate::event::Event;
+use crate::store::PatternLog;
+use crate::sync::Uplink;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventsDest {
+    Stdout,
+    File(PathBuf),
+}
+
+impl EventsDest {
+    pub fn parse(s: &str) -> Self {
+        if s == "-" {
+            EventsDest::Stdout
+        } else {
+            EventsDest::File(PathBuf::from(s))
+        }
+    }
+}
+
+/// Room for a burst of events while the disk is slow; beyond it events are counted and dropped.
+const CAPACITY: usize = 8192;
+
+pub struct Recorder {
+    tx: SyncSender<Event>,
+    handle: JoinHandle<anyhow::Result<()>>,
+    dropped: u64,
+}
+
+impl Recorder {
+    pub fn spawn(
+        events: Option<&EventsDest>,
+        store: PatternLog,
+        uplink: Box<dyn Uplink>,
+        topic: String,
+    ) -> anyhow::Result<Self> {
+        let out: Option<Box<dyn Write + Send>> = match events {
+            None => None,
+            Some(EventsDest::Stdout) => Some(Box::new(std::io::stdout())),
+            Some(EventsDest::File(p)) => {
+                Some(Box::new(File::create(p).with_context(|| {
+                    format!("creating events file {}", p.display())
+                })?))
+            }
+        };
+        let (tx, rx) = sync_channel(CAPACITY);
+        let handle = std::thread::Builder::new()
+            .name("recorder".into())
+            .spawn(move || {
+                record(
+                    rx,
+                    out.map(|w| BufWriter::with_capacity(1 << 16, w)),
+                    store,
+                    uplink,
+                    topic,
+                )
+            })
+            .context("starting the recorder thread")?;
+        Ok(Self {
+            tx,
+            handle,
+            dropped: 0,
+        })
+    }
+
+    /// Hands an event over without waiting.
+    pub fn send(&mut self, ev: Event) {
+        match self.tx.try_send(ev) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped += 1,
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Sends the final event, waits for everything to be written, and reports the first I/O error.
+    pub fn finish(self, last: Event) -> anyhow::Result<()> {
+        // Blocking here is fine: the loop is over.
+        let _ = self.tx.send(last);
+        drop(self.tx);
+        self.handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("recorder thread panicked"))?
+    }
+}
+
+fn record(
+    rx: Receiver<Event>,
+    mut out: Option<BufWriter<Box<dyn Write + Send>>>,
+    mut store: PatternLog,
+    mut uplink: Box<dyn Uplink>,
+    topic: String,
+) -> anyhow::Result<()> {
+    let mut line = Vec::with_capacity(1024);
+    let mut first_err: Option<anyhow::Error> = None;
+    while let Ok(ev) = rx.recv() {
+        let mut next = Some(ev);
+        // Write everything queued, then flush once: events reach a reader promptly.
+        while let Some(ev) = next {
+            line.clear();
+            serde_json::to_writer(&mut line, &ev)?;
+            line.push(b'\n');
+            if let Some(w) = out.as_mut() {
+                if let Err(e) = w.write_all(&line) {
+                    first_err.get_or_insert(anyhow::Error::new(e).context("writing events"));
+                    out = None;
+                }
+            }
+            if let Event::Alert(a) = &ev {
+                if let Err(e) = store.append(a) {
+                    tracing::error!("pattern store: {e}");
+                    first_err.get_or_insert(e.into());
+                }
+                if uplink.is_connected() {
+                    if let Err(e) = uplink.publish(&topic, &line) {
+                        tracing::warn!("uplink: {e}; the pattern stays in the local store");
+                    }
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Some(w) = out.as_mut() {
+            if let Err(e) = w.flush() {
+                first_err.get_or_insert(anyhow::Error::new(e).context("writing events"));
+                out = None;
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
