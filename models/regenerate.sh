@@ -86,6 +86,8 @@ done
 "$PYTHON" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 13)))' \
     || die "$PYTHON is $("$PYTHON" -V 2>&1); tensorflow-cpu 2.21.0 has wheels for Python 3.10-3.13 only (set PYTHON=...)"
 
+export TF_CPP_MIN_LOG_LEVEL=3   # quieten TensorFlow's C++ logging
+
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sideline-models-work.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 if [ -z "$OUT" ]; then
@@ -182,13 +184,13 @@ edit("tfjs_utils.py",
      "            tf_attr['index_type'] = types_pb2.DT_INT32\n"
      "        out_dtypes = get_output_dtypes(op_type, tf_attr, inp_dtypes)\n")
 EOF
-"$PY" "$WORK/patch_tf2onnx.py"
+"$PY" "$WORK/patch_tf2onnx.py" 2>"$WORK/patch.err" || { cat "$WORK/patch.err" >&2; die "patching tf2onnx failed"; }
 
 # 4. Convert.
 echo "== 4/5 convert (tf2onnx --tfjs, opset $OPSET) -> $OUT"
 for m in "${MODELS[@]}"; do
     log="$OUT/$m.convert.log"
-    if ! (cd "$WORK" && TF_CPP_MIN_LOG_LEVEL=2 "$PY" -m tf2onnx.convert \
+    if ! (cd "$WORK" && "$PY" -m tf2onnx.convert \
             --tfjs "$WORK/package/models/$m.json" --output "$OUT/$m.onnx" --opset "$OPSET") >"$log" 2>&1; then
         tail -n 30 "$log" >&2
         die "conversion of $m failed (log: $log)"

@@ -11,10 +11,7 @@ use crate::infer::Engine;
 /// Runs the checks and returns a human-readable report of what was verified and what could not
 /// be verified on this machine.
 pub fn check(board: &Board) -> anyhow::Result<String> {
-    let mut report = vec![format!(
-        "board `{}` (device {})",
-        board.board.name, board.board.device_id
-    )];
+    let mut report = vec![format!("board `{}` (device {})", board.board.name, board.board.device_id)];
     let mut frame_size = None;
     for cam in &board.cameras {
         match cam.kind {
@@ -46,19 +43,10 @@ pub fn check(board: &Board) -> anyhow::Result<String> {
     }
     let (w, h) = frame_size.context("the profile has no camera")?;
     if let Some(a) = &board.audio {
-        report.push(format!(
-            "audio: {:?} {} at {} Hz",
-            a.kind,
-            a.source.display(),
-            a.sample_rate
-        ));
+        report.push(format!("audio: {:?} {} at {} Hz", a.kind, a.source.display(), a.sample_rate));
     }
     let uses_ort = board.models.detector.backend == Backend::Ort
-        || board
-            .models
-            .pose
-            .as_ref()
-            .is_some_and(|p| p.backend == Backend::Ort);
+        || board.models.pose.as_ref().is_some_and(|p| p.backend == Backend::Ort);
     #[cfg(feature = "ort")]
     if uses_ort {
         let v = crate::infer::ort_engine::runtime_version(&board.inference)?;
@@ -86,10 +74,9 @@ pub fn check(board: &Board) -> anyhow::Result<String> {
                 o.chip.as_deref().unwrap_or("?"),
                 o.line.as_deref().unwrap_or("?")
             ),
-            OutputKind::Serial => format!(
-                "serial {} (not driven by this build yet)",
-                o.port.as_deref().unwrap_or("?")
-            ),
+            OutputKind::Serial => {
+                format!("serial {} (not driven by this build yet)", o.port.as_deref().unwrap_or("?"))
+            }
         };
         report.push(format!("output `{}`: {note}", o.name));
     }
@@ -98,11 +85,7 @@ pub fn check(board: &Board) -> anyhow::Result<String> {
 }
 
 fn describe(what: &str, path: &std::path::Path, e: &dyn Engine) -> String {
-    let outs: Vec<String> = e
-        .outputs()
-        .iter()
-        .map(|o| format!("{} {:?}", o.name, o.shape))
-        .collect();
+    let outs: Vec<String> = e.outputs().iter().map(|o| format!("{} {:?}", o.name, o.shape)).collect();
     format!(
         "{what}: {} on {:?}; input {} {:?} {:?}; outputs {}",
         path.display(),

@@ -14,10 +14,7 @@ pub struct MonoTime(u64);
 impl MonoTime {
     /// Reads `CLOCK_MONOTONIC`.
     pub fn now() -> Self {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is always available on Linux.
         let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         debug_assert_eq!(rc, 0);
@@ -48,12 +45,7 @@ impl MonoTime {
 
 impl fmt::Display for MonoTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}.{:06}s",
-            self.0 / 1_000_000_000,
-            (self.0 / 1_000) % 1_000_000
-        )
+        write!(f, "{}.{:06}s", self.0 / 1_000_000_000, (self.0 / 1_000) % 1_000_000)
     }
 }
 
@@ -75,11 +67,6 @@ mod tests {
         let b = MonoTime::now();
         assert!(b >= a);
         assert_eq!(a.since(b), Duration::ZERO);
-        assert_eq!(
-            MonoTime::from_nanos(5_000)
-                .plus(Duration::from_micros(2))
-                .as_micros(),
-            7
-        );
+        assert_eq!(MonoTime::from_nanos(5_000).plus(Duration::from_micros(2)).as_micros(), 7);
     }
 }

@@ -35,17 +35,11 @@ impl BBox {
         self.width() * self.height()
     }
     pub fn center(&self) -> Point {
-        Point {
-            x: (self.x1 + self.x2) * 0.5,
-            y: (self.y1 + self.y2) * 0.5,
-        }
+        Point { x: (self.x1 + self.x2) * 0.5, y: (self.y1 + self.y2) * 0.5 }
     }
     /// Bottom centre: where a standing person touches the ground.
     pub fn foot(&self) -> Point {
-        Point {
-            x: (self.x1 + self.x2) * 0.5,
-            y: self.y2,
-        }
+        Point { x: (self.x1 + self.x2) * 0.5, y: self.y2 }
     }
     pub fn iou(&self, o: &BBox) -> f32 {
         let iw = (self.x2.min(o.x2) - self.x1.max(o.x1)).max(0.0);
@@ -161,14 +155,8 @@ mod tests {
 
     #[test]
     fn polygon_validation() {
-        assert_eq!(
-            Polygon::new(&[[0., 0.], [1., 1.]]),
-            Err(PolygonError::TooFewPoints(2))
-        );
-        assert_eq!(
-            Polygon::new(&[[0., 0.], [1., 1.], [2., 2.]]),
-            Err(PolygonError::NoArea)
-        );
+        assert_eq!(Polygon::new(&[[0., 0.], [1., 1.]]), Err(PolygonError::TooFewPoints(2)));
+        assert_eq!(Polygon::new(&[[0., 0.], [1., 1.], [2., 2.]]), Err(PolygonError::NoArea));
         // A bow tie.
         assert_eq!(
             Polygon::new(&[[0., 0.], [10., 10.], [10., 0.], [0., 10.]]),
@@ -190,27 +178,9 @@ mod tests {
 
     #[test]
     fn iou() {
-        let a = BBox {
-            x1: 0.,
-            y1: 0.,
-            x2: 10.,
-            y2: 10.,
-        };
-        let b = BBox {
-            x1: 5.,
-            y1: 0.,
-            x2: 15.,
-            y2: 10.,
-        };
+        let a = BBox { x1: 0., y1: 0., x2: 10., y2: 10. };
+        let b = BBox { x1: 5., y1: 0., x2: 15., y2: 10. };
         assert!((a.iou(&b) - 50. / 150.).abs() < 1e-6);
-        assert_eq!(
-            a.iou(&BBox {
-                x1: 20.,
-                y1: 20.,
-                x2: 30.,
-                y2: 30.
-            }),
-            0.0
-        );
+        assert_eq!(a.iou(&BBox { x1: 20., y1: 20., x2: 30., y2: 30. }), 0.0);
     }
 }

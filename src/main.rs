@@ -83,19 +83,11 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run {
-            board,
-            events,
-            max_frames,
-            no_pace,
-        } => {
+        Command::Run { board, events, max_frames, no_pace } => {
             let profile = Board::load(&board)?;
             install_signal_handlers();
-            let opts = RunOptions {
-                events: events.as_deref().map(EventsDest::parse),
-                max_frames,
-                pace: !no_pace,
-            };
+            let opts =
+                RunOptions { events: events.as_deref().map(EventsDest::parse), max_frames, pace: !no_pace };
             tracing::info!(board = %board.display(), "starting");
             let summary = pipeline::run(&profile, &opts, &STOP)
                 .with_context(|| format!("running {}", board.display()))?;

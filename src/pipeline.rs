@@ -64,10 +64,7 @@ pub fn open_camera(board: &Board, pace: bool) -> anyhow::Result<Box<dyn FrameSou
 pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow::Result<Summary> {
     // ---- set-up: everything that can fail on bad input fails here, before the first frame.
     if board.cameras.len() > 1 {
-        tracing::warn!(
-            "{} cameras configured; this build runs the first one only",
-            board.cameras.len()
-        );
+        tracing::warn!("{} cameras configured; this build runs the first one only", board.cameras.len());
     }
     let camera = open_camera(board, opts.pace)?;
     let info = camera.info();
@@ -91,11 +88,7 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
     )?;
 
     // ---- threads: camera and microphone feed the loop.
-    let slot = Arc::new(FrameSlot::new(if opts.pace {
-        SlotMode::Latest
-    } else {
-        SlotMode::Lossless
-    }));
+    let slot = Arc::new(FrameSlot::new(if opts.pace { SlotMode::Latest } else { SlotMode::Lossless }));
     let (free_tx, free_rx) = mpsc::channel::<Frame>();
     for _ in 0..FRAME_BUFFERS {
         free_tx.send(Frame::new(info.width, info.height, info.format))?;
@@ -147,17 +140,14 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
 
             // 2. detect
             dets.clear();
-            detector
-                .infer(&mut dets)
-                .with_context(|| format!("detector on frame {seq}"))?;
+            detector.infer(&mut dets).with_context(|| format!("detector on frame {seq}"))?;
             let t2 = MonoTime::now();
             stats.detect.record(t2.since(t1));
 
             // 3. pose
             poses.clear();
             if let Some(p) = pose.as_mut() {
-                p.infer(&mut poses)
-                    .with_context(|| format!("pose model on frame {seq}"))?;
+                p.infer(&mut poses).with_context(|| format!("pose model on frame {seq}"))?;
             }
             let t3 = MonoTime::now();
             if pose.is_some() {
@@ -183,22 +173,14 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
                 pose_boxes.clear();
                 pose_boxes.extend(poses.iter().map(|p| p.bbox));
                 pose_tracker.update(&pose_boxes, &mut ids);
-                tracked_poses.extend(
-                    poses
-                        .iter()
-                        .zip(&ids)
-                        .map(|(p, &track)| TrackedPose { track, pose: *p }),
-                );
+                tracked_poses
+                    .extend(poses.iter().zip(&ids).map(|(p, &track)| TrackedPose { track, pose: *p }));
             }
 
             // 5. rules
             alerts.clear();
-            let scene = Scene {
-                seq,
-                ts,
-                objects: &objects,
-                poses: pose.is_some().then_some(&tracked_poses[..]),
-            };
+            let scene =
+                Scene { seq, ts, objects: &objects, poses: pose.is_some().then_some(&tracked_poses[..]) };
             rules.evaluate(&scene, &mut alerts);
             let t4 = MonoTime::now();
             stats.rules.record(t4.since(t3));
@@ -206,12 +188,7 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
             // 6. outputs: drive first, report after.
             for a in &alerts {
                 let meta = rules.meta(a.rule);
-                let signal = Signal {
-                    rule: meta,
-                    state: a.state,
-                    track: a.track,
-                    frame: seq,
-                };
+                let signal = Signal { rule: meta, state: a.state, track: a.track, frame: seq };
                 let mut driven = Vec::with_capacity(meta.outputs.len());
                 for &oi in &meta.outputs {
                     let out = &mut outputs[oi];
@@ -271,23 +248,14 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
     // ---- shutdown: stop the sources, collect their results, write the summary.
     slot.close();
     audio_done.store(true, Ordering::Relaxed);
-    let camera_result = camera_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("camera thread panicked"))?;
+    let camera_result = camera_thread.join().map_err(|_| anyhow::anyhow!("camera thread panicked"))?;
     let audio = match audio_thread {
-        Some(h) => Some(
-            h.join()
-                .map_err(|_| anyhow::anyhow!("microphone thread panicked"))??,
-        ),
+        Some(h) => Some(h.join().map_err(|_| anyhow::anyhow!("microphone thread panicked"))??),
         None => None,
     };
     let seconds = MonoTime::now().since(started).as_secs_f64();
     summary.seconds = seconds;
-    summary.fps = if seconds > 0.0 {
-        summary.frames as f64 / seconds
-    } else {
-        0.0
-    };
+    summary.fps = if seconds > 0.0 { summary.frames as f64 / seconds } else { 0.0 };
     summary.events_dropped = recorder.dropped();
     summary.stages = stats.summaries(pose.is_some());
     summary.audio = audio;
@@ -325,11 +293,7 @@ impl Stages {
     }
 
     fn summaries(&self, with_pose: bool) -> Vec<crate::telemetry::StageSummary> {
-        let mut v = vec![
-            self.wait.summary(),
-            self.preprocess.summary(),
-            self.detect.summary(),
-        ];
+        let mut v = vec![self.wait.summary(), self.preprocess.summary(), self.detect.summary()];
         if with_pose {
             v.push(self.pose.summary());
         }
@@ -386,25 +350,20 @@ fn spawn_microphone(
         ),
         AudioKind::Alsa => return Err(crate::audio::AudioError::Unsupported("alsa".into()).into()),
     };
-    let handle = std::thread::Builder::new()
-        .name("microphone".into())
-        .spawn(move || {
-            let mut chunk = AudioChunk::default();
-            let mut s = AudioSummary {
-                peak_dbfs: f32::NEG_INFINITY,
-                ..Default::default()
-            };
-            let mut samples = 0u64;
-            while !stop.load(Ordering::Relaxed) && !done.load(Ordering::Relaxed) {
-                if !mic.next_chunk(&mut chunk)? {
-                    break;
-                }
-                s.chunks += 1;
-                samples += chunk.samples.len() as u64;
-                s.peak_dbfs = s.peak_dbfs.max(chunk.level_dbfs());
+    let handle = std::thread::Builder::new().name("microphone".into()).spawn(move || {
+        let mut chunk = AudioChunk::default();
+        let mut s = AudioSummary { peak_dbfs: f32::NEG_INFINITY, ..Default::default() };
+        let mut samples = 0u64;
+        while !stop.load(Ordering::Relaxed) && !done.load(Ordering::Relaxed) {
+            if !mic.next_chunk(&mut chunk)? {
+                break;
             }
-            s.seconds = samples as f64 / mic.sample_rate() as f64;
-            Ok(s)
-        })?;
+            s.chunks += 1;
+            samples += chunk.samples.len() as u64;
+            s.peak_dbfs = s.peak_dbfs.max(chunk.level_dbfs());
+        }
+        s.seconds = samples as f64 / mic.sample_rate() as f64;
+        Ok(s)
+    })?;
     Ok(Some(handle))
 }

@@ -49,30 +49,18 @@ impl Recorder {
         let out: Option<Box<dyn Write + Send>> = match events {
             None => None,
             Some(EventsDest::Stdout) => Some(Box::new(std::io::stdout())),
-            Some(EventsDest::File(p)) => {
-                Some(Box::new(File::create(p).with_context(|| {
-                    format!("creating events file {}", p.display())
-                })?))
-            }
+            Some(EventsDest::File(p)) => Some(Box::new(
+                File::create(p).with_context(|| format!("creating events file {}", p.display()))?,
+            )),
         };
         let (tx, rx) = sync_channel(CAPACITY);
         let handle = std::thread::Builder::new()
             .name("recorder".into())
             .spawn(move || {
-                record(
-                    rx,
-                    out.map(|w| BufWriter::with_capacity(1 << 16, w)),
-                    store,
-                    uplink,
-                    topic,
-                )
+                record(rx, out.map(|w| BufWriter::with_capacity(1 << 16, w)), store, uplink, topic)
             })
             .context("starting the recorder thread")?;
-        Ok(Self {
-            tx,
-            handle,
-            dropped: 0,
-        })
+        Ok(Self { tx, handle, dropped: 0 })
     }
 
     /// Hands an event over without waiting.
@@ -92,9 +80,7 @@ impl Recorder {
         // Blocking here is fine: the loop is over.
         let _ = self.tx.send(last);
         drop(self.tx);
-        self.handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("recorder thread panicked"))?
+        self.handle.join().map_err(|_| anyhow::anyhow!("recorder thread panicked"))?
     }
 }
 

@@ -57,15 +57,8 @@ fn poses(board: &Board, backend: Backend) -> Vec<Vec<Pose>> {
 fn all_matched(a: &[Detection], b: &[Detection], what: &str) -> usize {
     let confident: Vec<_> = a.iter().filter(|d| d.score >= 0.5).collect();
     for d in &confident {
-        let best = b
-            .iter()
-            .filter(|o| o.class == d.class)
-            .map(|o| o.bbox.iou(&d.bbox))
-            .fold(0.0, f32::max);
-        assert!(
-            best >= 0.9,
-            "{what}: {d:?} has no counterpart (best IoU {best}) in {b:?}"
-        );
+        let best = b.iter().filter(|o| o.class == d.class).map(|o| o.bbox.iou(&d.bbox)).fold(0.0, f32::max);
+        assert!(best >= 0.9, "{what}: {d:?} has no counterpart (best IoU {best}) in {b:?}");
     }
     confident.len()
 }
@@ -80,10 +73,7 @@ fn detector_agrees_across_backends() {
         matched += all_matched(o, t, &format!("frame {} ort->tract", FRAMES[i]));
         all_matched(t, o, &format!("frame {} tract->ort", FRAMES[i]));
     }
-    assert!(
-        matched >= 10,
-        "too few confident detections to compare: {matched}"
-    );
+    assert!(matched >= 10, "too few confident detections to compare: {matched}");
 }
 
 #[test]
@@ -102,11 +92,7 @@ fn pose_agrees_across_backends() {
             for (k, (a, b)) in p.keypoints.iter().zip(&q.keypoints).enumerate() {
                 if a.score >= 0.3 && b.score >= 0.3 {
                     let d = ((a.x - b.x).powi(2) + (a.y - b.y).powi(2)).sqrt();
-                    assert!(
-                        d <= 2.0,
-                        "frame {} keypoint {k}: {a:?} vs {b:?} ({d:.2} px)",
-                        FRAMES[i]
-                    );
+                    assert!(d <= 2.0, "frame {} keypoint {k}: {a:?} vs {b:?} ({d:.2} px)", FRAMES[i]);
                     compared += 1;
                 }
             }

@@ -8,12 +8,7 @@ use std::process::{Command, Output};
 
 fn sideline(args: &[&str], board: &Path) -> Output {
     common::ort_env();
-    Command::new(env!("CARGO_BIN_EXE_sideline"))
-        .args(args)
-        .arg("--board")
-        .arg(board)
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_sideline")).args(args).arg("--board").arg(board).output().unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -43,10 +38,7 @@ fn expect_rejected(edit: impl FnOnce(String) -> String, field: &str, message: &s
         let key = field.rsplit(['.', ']']).next().unwrap().trim_start_matches('[');
         let key = if key.is_empty() { field } else { key };
         let src = text.lines().nth(line - 1).unwrap_or("");
-        assert!(
-            src.contains(key),
-            "line {line} `{src}` does not hold `{key}` ({err})"
-        );
+        assert!(src.contains(key), "line {line} `{src}` does not hold `{key}` ({err})");
     }
     stderr(&sideline(&["check"], &board))
 }
@@ -56,10 +48,7 @@ fn sim_profile_checks_clean() {
     let out = sideline(&["check"], &common::repo().join("board/sim.toml"));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        text.contains("detector:") && text.contains("tower_0/detections"),
-        "{text}"
-    );
+    assert!(text.contains("detector:") && text.contains("tower_0/detections"), "{text}");
     assert!(text.contains("pose:") && text.contains("OK: "), "{text}");
 }
 
@@ -68,13 +57,7 @@ fn jetson_draft_profiles_parse_and_validate() {
     for name in ["jetson-orin-nano.toml", "jetson-agx-orin.toml"] {
         let path = common::repo().join("board").join(name);
         let board = common::load_board(&path);
-        assert!(
-            board
-                .cameras
-                .iter()
-                .all(|c| c.kind == sideline::config::CameraKind::V4l2),
-            "{name}"
-        );
+        assert!(board.cameras.iter().all(|c| c.kind == sideline::config::CameraKind::V4l2), "{name}");
         let out = sideline(&["check"], &path);
         assert!(out.status.success(), "{name}: {}", stderr(&out));
     }
@@ -82,11 +65,7 @@ fn jetson_draft_profiles_parse_and_validate() {
 
 #[test]
 fn bad_toml_syntax() {
-    expect_rejected(
-        |t| t.replace("fps = 10.0", "fps = = 10.0"),
-        "cameras[0].fps",
-        "extra `=`",
-    );
+    expect_rejected(|t| t.replace("fps = 10.0", "fps = = 10.0"), "cameras[0].fps", "extra `=`");
 }
 
 #[test]
@@ -96,10 +75,7 @@ fn unknown_field() {
         "models.detector.score_treshold",
         "unknown field `score_treshold`",
     );
-    assert!(
-        err.contains("score_threshold"),
-        "the message lists the valid names: {err}"
-    );
+    assert!(err.contains("score_threshold"), "the message lists the valid names: {err}");
 }
 
 #[test]
@@ -126,12 +102,9 @@ fn polygon_with_two_points() {
 fn every_problem_is_reported_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let board = common::sim_profile(dir.path(), |t| {
-        t.replace(
-            "outputs = [\"log\"]\ncooldown_s = 30",
-            "outputs = [\"siren\"]\ncooldown_s = 30",
-        )
-        .replace("fps = 10.0", "fps = 0.0")
-        .replace("input = [512, 384]", "input = [500, 384]")
+        t.replace("outputs = [\"log\"]\ncooldown_s = 30", "outputs = [\"siren\"]\ncooldown_s = 30")
+            .replace("fps = 10.0", "fps = 0.0")
+            .replace("input = [512, 384]", "input = [500, 384]")
     });
     let err = stderr(&sideline(&["check"], &board));
     for want in [
@@ -150,18 +123,12 @@ fn corrupt_model_and_missing_clip_are_clear_errors() {
     let junk = dir.path().join("junk.onnx");
     std::fs::write(&junk, b"this is not a protobuf").unwrap();
     let board = common::sim_profile(dir.path(), |t| {
-        t.replace(
-            &format!("{}/models/centernet.onnx", common::repo().display()),
-            &junk.display().to_string(),
-        )
+        t.replace(&format!("{}/models/centernet.onnx", common::repo().display()), &junk.display().to_string())
     });
     let out = sideline(&["check"], &board);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("junk.onnx") && err.contains("cannot load model"),
-        "{err}"
-    );
+    assert!(err.contains("junk.onnx") && err.contains("cannot load model"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 
     // The pose model where the detector belongs: a clear mismatch, not a crash.
@@ -169,17 +136,10 @@ fn corrupt_model_and_missing_clip_are_clear_errors() {
         t.replacen("models/centernet.onnx", "models/movenet-multipose.onnx", 1)
     });
     let err = stderr(&sideline(&["check"], &board));
-    assert!(
-        err.contains("movenet-multipose.onnx: model does not match"),
-        "{err}"
-    );
+    assert!(err.contains("movenet-multipose.onnx: model does not match"), "{err}");
 
-    let board = common::sim_profile(dir.path(), |t| {
-        t.replace(".cache/media/vtest.y4m", ".cache/media/none.y4m")
-    });
+    let board =
+        common::sim_profile(dir.path(), |t| t.replace(".cache/media/vtest.y4m", ".cache/media/none.y4m"));
     let err = stderr(&sideline(&["check"], &board));
-    assert!(
-        err.contains("cameras[0].source") && err.contains("no such clip"),
-        "{err}"
-    );
+    assert!(err.contains("cameras[0].source") && err.contains("no such clip"), "{err}");
 }

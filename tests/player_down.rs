@@ -34,11 +34,7 @@ impl Rgb {
 
 fn load_png(path: &std::path::Path) -> Rgb {
     let img = image::open(path).unwrap().to_rgb8();
-    Rgb {
-        w: img.width(),
-        h: img.height(),
-        px: img.into_raw(),
-    }
+    Rgb { w: img.width(), h: img.height(), px: img.into_raw() }
 }
 
 /// The clip's first frame as RGB: the background the people are pasted onto.
@@ -47,11 +43,7 @@ fn background() -> Rgb {
     let pre = Preprocessor::new(f.width, f.height, f.width, f.height, 0.0);
     let mut out = vec![0f32; pre.input_len()];
     pre.run(f, &mut out);
-    Rgb {
-        w: f.width,
-        h: f.height,
-        px: out.iter().map(|&v| v.round() as u8).collect(),
-    }
+    Rgb { w: f.width, h: f.height, px: out.iter().map(|&v| v.round() as u8).collect() }
 }
 
 /// Cuts out the highest-scoring person the detector finds in `photo`.
@@ -120,12 +112,7 @@ impl Rig {
         let person = person_crop(&board, &load_png(&common::media("basketball1.png")));
         let pose =
             PoseEstimator::new(board.models.pose.as_ref().unwrap(), bg.w, bg.h, &board.inference).unwrap();
-        Self {
-            board,
-            bg,
-            person,
-            pose,
-        }
+        Self { board, bg, person, pose }
     }
 
     /// Plays `lying(t)` at 10 fps for `secs` through pose, tracking and the shipped rules;
@@ -163,15 +150,7 @@ impl Rig {
             seen += usize::from(!tracked.is_empty());
             alerts.clear();
             let ts = MonoTime::from_nanos(1_000_000_000).plus(Duration::from_millis(i as u64 * 100));
-            rules.evaluate(
-                &Scene {
-                    seq: i as u64,
-                    ts,
-                    objects: &[],
-                    poses: Some(&tracked),
-                },
-                &mut alerts,
-            );
+            rules.evaluate(&Scene { seq: i as u64, ts, objects: &[], poses: Some(&tracked) }, &mut alerts);
             out.extend(alerts.iter().map(|a| (t, a.state)));
         }
         (out, seen)
@@ -185,23 +164,14 @@ fn player_down_fires_for_a_lying_player_and_not_for_standing_or_brief_falls() {
 
     // Lying still for 6 s: one alert, once min_down_s has passed.
     let (alerts, seen) = rig.play(6.0, |_| true);
-    assert!(
-        seen >= 50,
-        "the pose model must find the lying player in most frames ({seen}/60)"
-    );
+    assert!(seen >= 50, "the pose model must find the lying player in most frames ({seen}/60)");
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0].1, AlertState::Raised);
-    assert!(
-        alerts[0].0 >= min_down && alerts[0].0 <= min_down + 1.5,
-        "{alerts:?}"
-    );
+    assert!(alerts[0].0 >= min_down && alerts[0].0 <= min_down + 1.5, "{alerts:?}");
 
     // Standing for 6 s: nothing.
     let (alerts, seen) = rig.play(6.0, |_| false);
-    assert!(
-        seen >= 50,
-        "the pose model must find the standing player ({seen}/60)"
-    );
+    assert!(seen >= 50, "the pose model must find the standing player ({seen}/60)");
     assert!(alerts.is_empty(), "{alerts:?}");
 
     // Down for 2 s (shorter than min_down_s), then up: nothing.
@@ -211,10 +181,6 @@ fn player_down_fires_for_a_lying_player_and_not_for_standing_or_brief_falls() {
     // Down 5 s, then gets up: raised, then cleared.
     let (alerts, _) = rig.play(7.0, |t| t < 5.0);
     let states: Vec<_> = alerts.iter().map(|a| a.1).collect();
-    assert_eq!(
-        states,
-        vec![AlertState::Raised, AlertState::Cleared],
-        "{alerts:?}"
-    );
+    assert_eq!(states, vec![AlertState::Raised, AlertState::Cleared], "{alerts:?}");
     assert!(alerts[1].0 >= 5.0, "{alerts:?}");
 }

@@ -26,18 +26,8 @@ outputs = ["log"]
 "#;
 
 fn bbox(v: &Value) -> BBox {
-    let b: Vec<f32> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
-    BBox {
-        x1: b[0],
-        y1: b[1],
-        x2: b[2],
-        y2: b[3],
-    }
+    let b: Vec<f32> = v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    BBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3] }
 }
 
 #[test]
@@ -56,10 +46,7 @@ fn sample_footage_detections_and_zone_alerts() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "sideline run failed:\n{stderr}");
-    assert!(
-        stderr.contains("ALERT"),
-        "alerts are logged by the simulated output:\n{stderr}"
-    );
+    assert!(stderr.contains("ALERT"), "alerts are logged by the simulated output:\n{stderr}");
 
     let events: Vec<Value> = std::fs::read_to_string(&events)
         .unwrap()
@@ -90,42 +77,22 @@ fn sample_footage_detections_and_zone_alerts() {
         [221.0, 58.0, 236.0, 95.0],
         [494.0, 152.0, 518.0, 219.0],
     ];
-    let at_100: Vec<BBox> = persons
-        .iter()
-        .filter(|d| d["frame"] == 100)
-        .map(|d| bbox(&d["box"]))
-        .collect();
+    let at_100: Vec<BBox> = persons.iter().filter(|d| d["frame"] == 100).map(|d| bbox(&d["box"])).collect();
     let found = labels
         .iter()
         .filter(|l| {
-            let l = BBox {
-                x1: l[0],
-                y1: l[1],
-                x2: l[2],
-                y2: l[3],
-            };
+            let l = BBox { x1: l[0], y1: l[1], x2: l[2], y2: l[3] };
             at_100.iter().any(|d| d.iou(&l) >= 0.5)
         })
         .count();
-    assert!(
-        found >= 5,
-        "frame 100: {found} of 6 labelled people found in {at_100:?}"
-    );
+    assert!(found >= 5, "frame 100: {found} of 6 labelled people found in {at_100:?}");
 
     // Alerts.
     let alerts: Vec<&Value> = of("alert").collect();
     let raised = |zone: &str| -> Vec<&Value> {
-        alerts
-            .iter()
-            .copied()
-            .filter(|a| a["rule"] == zone && a["state"] == "raised")
-            .collect()
+        alerts.iter().copied().filter(|a| a["rule"] == zone && a["state"] == "raised").collect()
     };
-    assert!(
-        raised("lawn-south").is_empty(),
-        "nobody walks on the lower lawn: {:?}",
-        raised("lawn-south")
-    );
+    assert!(raised("lawn-south").is_empty(), "nobody walks on the lower lawn: {:?}", raised("lawn-south"));
     let road = raised("road");
     let road_poly = Polygon::new(&[
         [540.0, 175.0],
@@ -138,20 +105,14 @@ fn sample_footage_detections_and_zone_alerts() {
     ])
     .unwrap();
     let tracks: std::collections::BTreeSet<u64> = road.iter().map(|a| a["track"].as_u64().unwrap()).collect();
-    assert!(
-        tracks.len() >= 2,
-        "several people cross the road by frame 200: {road:?}"
-    );
+    assert!(tracks.len() >= 2, "several people cross the road by frame 200: {road:?}");
     for a in &road {
         let frame = a["frame"].as_u64().unwrap();
         assert!(frame >= 96, "nobody is on the road before frame 90, yet: {a}");
         assert_eq!(a["kind"], "zone_incursion");
         assert_eq!(a["severity"], "warning");
         assert_eq!(a["outputs"], serde_json::json!(["log"]));
-        let at = Point {
-            x: a["at"]["x"].as_f64().unwrap() as f32,
-            y: a["at"]["y"].as_f64().unwrap() as f32,
-        };
+        let at = Point { x: a["at"]["x"].as_f64().unwrap() as f32, y: a["at"]["y"].as_f64().unwrap() as f32 };
         assert!(road_poly.contains(at), "alert outside the zone: {a}");
         // The alerting track was inside for min_frames (3) consecutive frames, by its detections.
         let track = &a["track"];
@@ -160,10 +121,7 @@ fn sample_footage_detections_and_zone_alerts() {
                 .iter()
                 .find(|d| d["frame"] == f && &d["track"] == track)
                 .unwrap_or_else(|| panic!("track {track} missing at frame {f}"));
-            assert!(
-                road_poly.contains(bbox(&d["box"]).foot()),
-                "track {track} outside at frame {f}"
-            );
+            assert!(road_poly.contains(bbox(&d["box"]).foot()), "track {track} outside at frame {f}");
         }
         // Unpaced, capture times follow the clip's timeline; latency is from frame arrival.
         assert!(a["latency_us"].as_u64().unwrap() > 0, "{a}");

@@ -10,10 +10,7 @@ pub struct LogOutput {
 
 impl LogOutput {
     pub fn new(name: &str) -> Self {
-        Self {
-            name: name.to_string(),
-            driven: 0,
-        }
+        Self { name: name.to_string(), driven: 0 }
     }
 }
 

@@ -19,10 +19,7 @@ pub struct WavMic {
 
 impl WavMic {
     pub fn open(path: &Path, rate: u32, chunk_ms: u32, paced: bool) -> Result<Self, AudioError> {
-        let wav_err = |source| AudioError::Wav {
-            path: path.to_path_buf(),
-            source,
-        };
+        let wav_err = |source| AudioError::Wav { path: path.to_path_buf(), source };
         let mut reader = hound::WavReader::open(path).map_err(wav_err)?;
         let spec = reader.spec();
         if spec.channels == 0 || spec.sample_rate == 0 {
@@ -33,10 +30,9 @@ impl WavMic {
         }
         // Everything to f32 in -1..1 first; the file is read once, at start-up.
         let interleaved: Vec<f32> = match spec.sample_format {
-            hound::SampleFormat::Float => reader
-                .samples::<f32>()
-                .collect::<Result<_, _>>()
-                .map_err(wav_err)?,
+            hound::SampleFormat::Float => {
+                reader.samples::<f32>().collect::<Result<_, _>>().map_err(wav_err)?
+            }
             hound::SampleFormat::Int => {
                 let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
                 reader
@@ -95,18 +91,13 @@ impl AudioSource for WavMic {
             return Ok(false);
         }
         let end = (self.pos + self.chunk).min(self.samples.len());
-        let first = self
-            .start
-            .plus(Duration::from_secs_f64(self.pos as f64 / self.rate as f64));
+        let first = self.start.plus(Duration::from_secs_f64(self.pos as f64 / self.rate as f64));
         chunk.samples.clear();
         chunk.samples.extend_from_slice(&self.samples[self.pos..end]);
         chunk.seq = self.seq;
         if self.paced {
             // A chunk exists only once its last sample has been "heard".
-            sleep_until(
-                self.start
-                    .plus(Duration::from_secs_f64(end as f64 / self.rate as f64)),
-            );
+            sleep_until(self.start.plus(Duration::from_secs_f64(end as f64 / self.rate as f64)));
         }
         chunk.ts = first;
         self.pos = end;
@@ -140,10 +131,7 @@ mod tests {
         let mut total = 0;
         let mut last_ts = None;
         while mic.next_chunk(&mut c).unwrap() {
-            assert!(
-                c.samples.iter().all(|&s| (s - 8000).abs() <= 1),
-                "mono mix of 16000 and 0"
-            );
+            assert!(c.samples.iter().all(|&s| (s - 8000).abs() <= 1), "mono mix of 16000 and 0");
             if let Some(t) = last_ts {
                 assert_eq!(c.ts.since(t), Duration::from_millis(32));
             }

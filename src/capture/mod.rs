@@ -82,19 +82,9 @@ pub enum CaptureError {
     #[error("{}: {message}", path.display())]
     Format { path: PathBuf, message: String },
     #[error("{}: read failed at frame {frame}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        frame: u64,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, frame: u64, source: std::io::Error },
     #[error("{}: clip is {got_w}x{got_h} but the profile says {want_w}x{want_h}", path.display())]
-    SizeMismatch {
-        path: PathBuf,
-        got_w: u32,
-        got_h: u32,
-        want_w: u32,
-        want_h: u32,
-    },
+    SizeMismatch { path: PathBuf, got_w: u32, got_h: u32, want_w: u32, want_h: u32 },
     #[error("camera kind `{0}` is not supported by this build yet")]
     Unsupported(String),
 }

@@ -36,14 +36,7 @@ pub struct FrameSlot {
 
 impl FrameSlot {
     pub fn new(mode: SlotMode) -> Self {
-        Self {
-            mode,
-            inner: Mutex::new(Inner {
-                frame: None,
-                closed: false,
-            }),
-            cv: Condvar::new(),
-        }
+        Self { mode, inner: Mutex::new(Inner { frame: None, closed: false }), cv: Condvar::new() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -25,23 +25,15 @@ pub struct Y4mCamera {
 impl Y4mCamera {
     /// Opens a clip; `expect` is the size the profile promises, checked against the header.
     pub fn open(path: &Path, paced: bool, expect: Option<(u32, u32)>) -> Result<Self, CaptureError> {
-        let file = File::open(path).map_err(|source| CaptureError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file =
+            File::open(path).map_err(|source| CaptureError::Open { path: path.to_path_buf(), source })?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
-        let fmt_err = |message: String| CaptureError::Format {
-            path: path.to_path_buf(),
-            message,
-        };
+        let fmt_err = |message: String| CaptureError::Format { path: path.to_path_buf(), message };
         let mut header = Vec::new();
         (&mut reader)
             .take(4096)
             .read_until(b'\n', &mut header)
-            .map_err(|source| CaptureError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| CaptureError::Open { path: path.to_path_buf(), source })?;
         let header = std::str::from_utf8(&header)
             .map_err(|_| fmt_err("not a YUV4MPEG2 file (header is not text)".into()))?;
         let info = parse_header(header).map_err(fmt_err)?;
@@ -68,8 +60,7 @@ impl Y4mCamera {
     }
 
     fn nominal_time(&self, seq: u64) -> MonoTime {
-        self.start
-            .plus(Duration::from_secs_f64(seq as f64 / self.info.fps))
+        self.start.plus(Duration::from_secs_f64(seq as f64 / self.info.fps))
     }
 }
 
@@ -102,17 +93,10 @@ fn parse_header(header: &str) -> Result<SourceInfo, String> {
         return Err(format!("frame size {width}x{height} is not plausible"));
     }
     if !colour.starts_with("420") {
-        return Err(format!(
-            "colour space C{colour} is not supported; convert the clip to 4:2:0 (yuv420p)"
-        ));
+        return Err(format!("colour space C{colour} is not supported; convert the clip to 4:2:0 (yuv420p)"));
     }
     let fps = fps.ok_or_else(|| format!("header `{header}` lacks a valid frame rate F"))?;
-    Ok(SourceInfo {
-        width,
-        height,
-        fps,
-        format: PixelFormat::I420,
-    })
+    Ok(SourceInfo { width, height, fps, format: PixelFormat::I420 })
 }
 
 impl FrameSource for Y4mCamera {
@@ -121,11 +105,7 @@ impl FrameSource for Y4mCamera {
     }
 
     fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, CaptureError> {
-        let read_err = |source, seq| CaptureError::Read {
-            path: self.path.clone(),
-            frame: seq,
-            source,
-        };
+        let read_err = |source, seq| CaptureError::Read { path: self.path.clone(), frame: seq, source };
         self.line.clear();
         let n = (&mut self.reader)
             .take(1024)
@@ -137,10 +117,7 @@ impl FrameSource for Y4mCamera {
         if !self.line.starts_with(b"FRAME") || self.line.last() != Some(&b'\n') {
             return Err(CaptureError::Format {
                 path: self.path.clone(),
-                message: format!(
-                    "frame {}: missing FRAME marker (file corrupt or truncated)",
-                    self.seq
-                ),
+                message: format!("frame {}: missing FRAME marker (file corrupt or truncated)", self.seq),
             });
         }
         let len = self.info.format.frame_len(self.info.width, self.info.height);
@@ -215,10 +192,7 @@ mod tests {
         assert!(cam.next_frame(&mut fr).unwrap());
         let e = cam.next_frame(&mut fr).unwrap_err().to_string();
         assert!(e.contains("frame 1 is truncated"), "{e}");
-        let e = Y4mCamera::open(f.path(), false, Some((8, 8)))
-            .err()
-            .unwrap()
-            .to_string();
+        let e = Y4mCamera::open(f.path(), false, Some((8, 8))).err().unwrap().to_string();
         assert!(e.contains("4x2 but the profile says 8x8"), "{e}");
     }
 
@@ -226,11 +200,7 @@ mod tests {
     fn rejects_bad_headers() {
         assert!(parse_header("RIFF blah").unwrap_err().contains("magic"));
         assert!(parse_header("YUV4MPEG2 W4 F25:1").unwrap_err().contains("W or H"));
-        assert!(parse_header("YUV4MPEG2 W4 H4 F25:1 C444")
-            .unwrap_err()
-            .contains("not supported"));
-        assert!(parse_header("YUV4MPEG2 W4 H4 F0:1")
-            .unwrap_err()
-            .contains("frame rate"));
+        assert!(parse_header("YUV4MPEG2 W4 H4 F25:1 C444").unwrap_err().contains("not supported"));
+        assert!(parse_header("YUV4MPEG2 W4 H4 F0:1").unwrap_err().contains("frame rate"));
     }
 }

@@ -51,23 +51,13 @@ impl DocIndex {
             .filter(|e| e.key.contains(&offset) || e.value.contains(&offset))
             .max_by_key(|e| e.path.len());
         covering
-            .or_else(|| {
-                self.entries
-                    .iter()
-                    .filter(|e| e.key.start <= offset)
-                    .max_by_key(|e| e.key.start)
-            })
+            .or_else(|| self.entries.iter().filter(|e| e.key.start <= offset).max_by_key(|e| e.key.start))
             .map(|e| e.path.as_str())
     }
 
     pub fn problem_at(&self, text: &str, field: &str, message: String) -> Problem {
         let (line, column) = line_col(text, self.offset_of(field));
-        Problem {
-            line,
-            column,
-            field: field.to_string(),
-            message,
-        }
+        Problem { line, column, field: field.to_string(), message }
     }
 
     /// Turns a parser or serde error into a located problem. `field` is serde's path when known.
@@ -79,27 +69,15 @@ impl DocIndex {
             .unwrap_or_else(|| "(top level)".to_string());
         let offset = offset.unwrap_or_else(|| self.offset_of(&field));
         let (line, column) = line_col(text, offset);
-        Problem {
-            line,
-            column,
-            field,
-            message: err.message().trim().to_string(),
-        }
+        Problem { line, column, field, message: err.message().trim().to_string() }
     }
 }
 
 fn walk_table(table: &DeTable<'_>, prefix: &str, out: &mut Vec<Entry>) {
     for (key, value) in table.iter() {
-        let path = if prefix.is_empty() {
-            key.get_ref().to_string()
-        } else {
-            format!("{prefix}.{}", key.get_ref())
-        };
-        out.push(Entry {
-            path: path.clone(),
-            key: key.span(),
-            value: value.span(),
-        });
+        let path =
+            if prefix.is_empty() { key.get_ref().to_string() } else { format!("{prefix}.{}", key.get_ref()) };
+        out.push(Entry { path: path.clone(), key: key.span(), value: value.span() });
         walk_value(value.get_ref(), &path, out);
     }
 }
@@ -110,11 +88,7 @@ fn walk_value(value: &DeValue<'_>, path: &str, out: &mut Vec<Entry>) {
         DeValue::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 let p = format!("{path}[{i}]");
-                out.push(Entry {
-                    path: p.clone(),
-                    key: item.span(),
-                    value: item.span(),
-                });
+                out.push(Entry { path: p.clone(), key: item.span(), value: item.span() });
                 walk_value(item.get_ref(), &p, out);
             }
         }

@@ -41,14 +41,7 @@ fn render(file: &Path, problems: &[Problem]) -> String {
         if problems.len() == 1 { "" } else { "s" }
     );
     for p in problems {
-        out.push_str(&format!(
-            "\n  {}:{}:{}: {}: {}",
-            file.display(),
-            p.line,
-            p.column,
-            p.field,
-            p.message
-        ));
+        out.push_str(&format!("\n  {}:{}:{}: {}: {}", file.display(), p.line, p.column, p.field, p.message));
     }
     out
 }
@@ -57,19 +50,14 @@ impl Board {
     /// Reads, parses and validates a profile. Relative paths inside it are resolved against the
     /// profile's own directory, so a profile works from any working directory.
     pub fn load(file: &Path) -> Result<Board, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-            file: file.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|source| ConfigError::Read { file: file.to_path_buf(), source })?;
         Board::from_toml(&text, file)
     }
 
     /// Parses and validates profile text; `file` names it in errors and anchors relative paths.
     pub fn from_toml(text: &str, file: &Path) -> Result<Board, ConfigError> {
-        let invalid = |problems| ConfigError::Invalid {
-            file: file.to_path_buf(),
-            problems,
-        };
+        let invalid = |problems| ConfigError::Invalid { file: file.to_path_buf(), problems };
         let index = DocIndex::parse(text);
         let de = toml::Deserializer::parse(text)
             .map_err(|e| invalid(vec![index.problem_from_toml(text, &e, None)]))?;

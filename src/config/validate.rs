@@ -17,22 +17,13 @@ pub(super) fn check(b: &Board) -> Findings {
     check_cameras(b, &mut f);
     if let Some(a) = &b.audio {
         if !(8_000..=48_000).contains(&a.sample_rate) {
-            f.push((
-                "audio.sample_rate".into(),
-                format!("{} Hz is outside 8000..=48000", a.sample_rate),
-            ));
+            f.push(("audio.sample_rate".into(), format!("{} Hz is outside 8000..=48000", a.sample_rate)));
         }
         if !(1..=1000).contains(&a.chunk_ms) {
-            f.push((
-                "audio.chunk_ms".into(),
-                format!("{} ms is outside 1..=1000", a.chunk_ms),
-            ));
+            f.push(("audio.chunk_ms".into(), format!("{} ms is outside 1..=1000", a.chunk_ms)));
         }
         if a.kind == AudioKind::Wav && !a.source.is_file() {
-            f.push((
-                "audio.source".into(),
-                format!("no such file: {}", a.source.display()),
-            ));
+            f.push(("audio.source".into(), format!("no such file: {}", a.source.display())));
         }
     }
     if let Some(lib) = &b.inference.ort_library {
@@ -61,10 +52,7 @@ fn check_cameras(b: &Board, f: &mut Findings) {
             f.push((at("name"), format!("duplicate camera name `{}`", c.name)));
         }
         if c.width == 0 || c.height == 0 || c.width % 2 != 0 || c.height % 2 != 0 {
-            f.push((
-                at("width"),
-                format!("{}x{} must be non-zero and even", c.width, c.height),
-            ));
+            f.push((at("width"), format!("{}x{} must be non-zero and even", c.width, c.height)));
         }
         if !(c.fps > 0.0 && c.fps <= 240.0) {
             f.push((at("fps"), format!("{} is outside (0, 240]", c.fps)));
@@ -72,10 +60,7 @@ fn check_cameras(b: &Board, f: &mut Findings) {
         if c.kind == CameraKind::Sim && !c.source.is_file() {
             f.push((
                 at("source"),
-                format!(
-                    "no such clip: {} (run scripts/setup to fetch the sample media)",
-                    c.source.display()
-                ),
+                format!("no such clip: {} (run scripts/setup to fetch the sample media)", c.source.display()),
             ));
         }
     }
@@ -97,10 +82,7 @@ fn check_models(b: &Board, f: &mut Findings) {
     let d = &b.models.detector;
     check_model_file(&d.path, "models.detector.path".into(), f);
     if d.input[0] == 0 || d.input[1] == 0 {
-        f.push((
-            "models.detector.input".into(),
-            "width and height must be non-zero".into(),
-        ));
+        f.push(("models.detector.input".into(), "width and height must be non-zero".into()));
     }
     check_threshold(d.score_threshold, "models.detector.score_threshold".into(), f);
     if d.classes.is_empty() {
@@ -108,10 +90,7 @@ fn check_models(b: &Board, f: &mut Findings) {
     }
     for (i, c) in d.classes.iter().enumerate() {
         if coco::class_id(c).is_none() {
-            f.push((
-                format!("models.detector.classes[{i}]"),
-                format!("`{c}` is not a COCO class name"),
-            ));
+            f.push((format!("models.detector.classes[{i}]"), format!("`{c}` is not a COCO class name")));
         }
     }
     if let Some(p) = &b.models.pose {
@@ -119,10 +98,7 @@ fn check_models(b: &Board, f: &mut Findings) {
         if p.input.iter().any(|&v| v == 0 || v % 32 != 0) {
             f.push((
                 "models.pose.input".into(),
-                format!(
-                    "{}x{}: width and height must be non-zero multiples of 32",
-                    p.input[0], p.input[1]
-                ),
+                format!("{}x{}: width and height must be non-zero multiples of 32", p.input[0], p.input[1]),
             ));
         }
         check_threshold(p.score_threshold, "models.pose.score_threshold".into(), f);
@@ -176,10 +152,7 @@ fn check_rule_common(
     }
     for (j, o) in outputs.iter().enumerate() {
         if !known.contains(o.as_str()) {
-            f.push((
-                at(&format!("outputs[{j}]")),
-                format!("no output named `{o}` in [[outputs]]"),
-            ));
+            f.push((at(&format!("outputs[{j}]")), format!("no output named `{o}` in [[outputs]]")));
         }
     }
     if !(cooldown_s >= 0.0 && cooldown_s.is_finite()) {
@@ -210,10 +183,7 @@ fn check_rules(b: &Board, outputs: &HashSet<&str>, f: &mut Findings) {
         }
         for (j, c) in z.classes.iter().enumerate() {
             if coco::class_id(c).is_none() {
-                f.push((
-                    at(&format!("classes[{j}]")),
-                    format!("`{c}` is not a COCO class name"),
-                ));
+                f.push((at(&format!("classes[{j}]")), format!("`{c}` is not a COCO class name")));
             } else if !b.models.detector.classes.contains(c) {
                 f.push((
                     at(&format!("classes[{j}]")),
@@ -229,19 +199,13 @@ fn check_rules(b: &Board, outputs: &HashSet<&str>, f: &mut Findings) {
         let at = |field: &str| format!("rules.player_down[{i}].{field}");
         check_rule_common(&at, &r.name, &r.outputs, r.cooldown_s, outputs, &mut names, f);
         if b.models.pose.is_none() {
-            f.push((
-                at("name"),
-                "player_down needs a pose model ([models.pose])".into(),
-            ));
+            f.push((at("name"), "player_down needs a pose model ([models.pose])".into()));
         }
         if !(r.min_down_s > 0.0 && r.min_down_s.is_finite()) {
             f.push((at("min_down_s"), format!("{} must be > 0", r.min_down_s)));
         }
         if !(r.max_torso_angle_deg > 0.0 && r.max_torso_angle_deg < 90.0) {
-            f.push((
-                at("max_torso_angle_deg"),
-                format!("{} is outside (0, 90)", r.max_torso_angle_deg),
-            ));
+            f.push((at("max_torso_angle_deg"), format!("{} is outside (0, 90)", r.max_torso_angle_deg)));
         }
         for (field, v) in [("max_hip_height", r.max_hip_height), ("max_motion", r.max_motion)] {
             if !(v > 0.0 && v.is_finite()) {

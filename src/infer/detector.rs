@@ -1,5 +1,6 @@
-//! Person and ball detector: CenterNet (MobileNetV3, COCO-80), whose graph already does top-k,
-//! so decoding is a threshold, a class filter and the letterbox inverse.
+//! Person and ball detector: CenterNet (MobileNetV3, COCO-80). The graph does top-k (100 rows,
+//! best first) but no NMS: the same person can come out twice, so decoding is a threshold, a
+//! class filter, the letterbox inverse and per-class non-maximum suppression.
 
 use serde::Serialize;
 
@@ -39,9 +40,13 @@ impl ClassFilter {
     }
 }
 
+/// Two boxes of one class overlapping more than this are one object.
+pub const NMS_IOU: f32 = 0.5;
+
 /// Decodes raw rows into frame-space detections, appending to `out`. Rows with non-finite
 /// values or unknown classes are skipped: a model's garbage never becomes an alert.
 pub fn decode(raw: &[f32], lb: &Letterbox, threshold: f32, keep: &ClassFilter, out: &mut Vec<Detection>) {
+    let start = out.len();
     for row in raw.chunks_exact(ROW) {
         let [x1, y1, x2, y2, score, class] = [row[0], row[1], row[2], row[3], row[4], row[5]];
         if score < threshold || !row.iter().all(|v| v.is_finite()) || class < 0.0 {
@@ -51,16 +56,27 @@ pub fn decode(raw: &[f32], lb: &Letterbox, threshold: f32, keep: &ClassFilter, o
         if !keep.keeps(class) {
             continue;
         }
-        let bbox = lb.box_to_frame(BBox {
-            x1: x1.min(x2),
-            y1: y1.min(y2),
-            x2: x1.max(x2),
-            y2: y1.max(y2),
-        });
+        let bbox = lb.box_to_frame(BBox { x1: x1.min(x2), y1: y1.min(y2), x2: x1.max(x2), y2: y1.max(y2) });
         if bbox.area() > 0.0 {
             out.push(Detection { class, score, bbox });
         }
     }
+    nms(out, start, NMS_IOU);
+}
+
+/// Greedy per-class non-maximum suppression over `dets[start..]`, in place, best score first.
+pub fn nms(dets: &mut Vec<Detection>, start: usize, max_iou: f32) {
+    dets[start..].sort_unstable_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept = start;
+    for i in start..dets.len() {
+        let d = dets[i];
+        let dup = dets[start..kept].iter().any(|k| k.class == d.class && k.bbox.iou(&d.bbox) > max_iou);
+        if !dup {
+            dets[kept] = d;
+            kept += 1;
+        }
+    }
+    dets.truncate(kept);
 }
 
 pub struct Detector {
@@ -87,10 +103,7 @@ impl Detector {
         if spec.shape.last().is_some_and(|&d| d >= 0 && d != ROW as i64) {
             return Err(InferError::Mismatch {
                 path: cfg.path.clone(),
-                message: format!(
-                    "output `{}` has shape {:?}; expected [1, N, 6]",
-                    spec.name, spec.shape
-                ),
+                message: format!("output `{}` has shape {:?}; expected [1, N, 6]", spec.name, spec.shape),
             });
         }
         let pre = Preprocessor::new(frame_w, frame_h, w, h, 0.0);
@@ -120,15 +133,8 @@ impl Detector {
 
     /// Runs the model on the prepared input and appends detections to `out`.
     pub fn infer(&mut self, out: &mut Vec<Detection>) -> Result<(), InferError> {
-        self.engine
-            .run(&self.shape, Input::F32(&self.input), &mut self.outputs)?;
-        decode(
-            &self.outputs[0],
-            &self.pre.letterbox,
-            self.threshold,
-            &self.keep,
-            out,
-        );
+        self.engine.run(&self.shape, Input::F32(&self.input), &mut self.outputs)?;
+        decode(&self.outputs[0], &self.pre.letterbox, self.threshold, &self.keep, out);
         Ok(())
     }
 }
@@ -156,71 +162,47 @@ mod tests {
         ];
         let mut out = vec![];
         decode(&raw, &lb, 0.5, &keep(&["person", "sports ball"]), &mut out);
+        // Best score first.
         assert_eq!(out.len(), 3);
         assert_eq!(out[0].class, 0);
-        assert_eq!(
-            out[0].bbox,
-            BBox {
-                x1: 150.0,
-                y1: 150.0,
-                x2: 300.0,
-                y2: 450.0
-            }
-        );
-        assert_eq!(out[1].class, 32);
-        assert_eq!(
-            out[1].bbox,
-            BBox {
-                x1: 15.0,
-                y1: 15.0,
-                x2: 30.0,
-                y2: 30.0
-            }
-        );
-        assert_eq!(
-            out[2].bbox,
-            BBox {
-                x1: 300.0,
-                y1: 0.0,
-                x2: 450.0,
-                y2: 54.0
-            }
-        );
+        assert_eq!(out[0].bbox, BBox { x1: 150.0, y1: 150.0, x2: 300.0, y2: 450.0 });
+        assert_eq!(out[1].bbox, BBox { x1: 300.0, y1: 0.0, x2: 450.0, y2: 54.0 });
+        assert_eq!(out[2].class, 32);
+        assert_eq!(out[2].bbox, BBox { x1: 15.0, y1: 15.0, x2: 30.0, y2: 30.0 });
+    }
+
+    #[test]
+    fn suppresses_duplicates_of_one_class_only() {
+        let lb = Letterbox::new(512, 512, 512, 512);
+        #[rustfmt::skip]
+        let raw = [
+            100.0, 100.0, 140.0, 200.0, 0.7, 0.0,   // person
+            101.0, 102.0, 141.0, 201.0, 0.8, 0.0,   // the same person again, scored higher
+            110.0, 100.0, 150.0, 200.0, 0.6, 32.0,  // a ball overlapping them: kept
+            300.0, 100.0, 340.0, 200.0, 0.5, 0.0,   // another person
+        ];
+        let mut out = vec![];
+        decode(&raw, &lb, 0.3, &keep(&["person", "sports ball"]), &mut out);
+        let got: Vec<(u16, f32)> = out.iter().map(|d| (d.class, d.score)).collect();
+        assert_eq!(got, vec![(0, 0.8), (32, 0.6), (0, 0.5)]);
     }
 
     #[test]
     fn odd_frame_size_maps_back_exactly() {
         // 641x359 into 512x512: content 512x287 (scale 0.7987...), pad_y 112.
         let lb = Letterbox::new(641, 359, 512, 512);
-        assert_eq!(
-            (lb.content_w, lb.content_h, lb.pad_x, lb.pad_y),
-            (512, 287, 0, 112)
-        );
+        assert_eq!((lb.content_w, lb.content_h, lb.pad_x, lb.pad_y), (512, 287, 0, 112));
         let raw = [0.0, 112.0, 512.0, 399.0, 0.7, 0.0];
         let mut out = vec![];
         decode(&raw, &lb, 0.5, &keep(&["person"]), &mut out);
-        assert_eq!(
-            out[0].bbox,
-            BBox {
-                x1: 0.0,
-                y1: 0.0,
-                x2: 641.0,
-                y2: 359.0
-            }
-        );
+        assert_eq!(out[0].bbox, BBox { x1: 0.0, y1: 0.0, x2: 641.0, y2: 359.0 });
         let raw = [256.0, 255.5, 256.0 + 64.0, 255.5 + 28.7, 0.7, 0.0];
         out.clear();
         decode(&raw, &lb, 0.5, &keep(&["person"]), &mut out);
         let b = out[0].bbox;
         let s = 641.0 / 512.0;
-        assert!(
-            (b.x1 - 256.0 * s).abs() < 1e-3 && (b.x2 - 320.0 * s).abs() < 1e-3,
-            "{b:?}"
-        );
+        assert!((b.x1 - 256.0 * s).abs() < 1e-3 && (b.x2 - 320.0 * s).abs() < 1e-3, "{b:?}");
         let sy = 359.0 / 287.0;
-        assert!(
-            (b.y1 - 143.5 * sy).abs() < 1e-3 && (b.y2 - 172.2 * sy).abs() < 1e-2,
-            "{b:?}"
-        );
+        assert!((b.y1 - 143.5 * sy).abs() < 1e-3 && (b.y2 - 172.2 * sy).abs() < 1e-2, "{b:?}");
     }
 }

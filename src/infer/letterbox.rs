@@ -51,12 +51,7 @@ impl Letterbox {
     pub fn box_to_frame(&self, b: BBox) -> BBox {
         let a = self.to_frame(b.x1, b.y1);
         let c = self.to_frame(b.x2, b.y2);
-        BBox {
-            x1: a.x,
-            y1: a.y,
-            x2: c.x,
-            y2: c.y,
-        }
+        BBox { x1: a.x, y1: a.y, x2: c.x, y2: c.y }
     }
 }
 
@@ -67,10 +62,7 @@ mod tests {
     #[test]
     fn wide_frame_pads_top_and_bottom() {
         let lb = Letterbox::new(768, 576, 512, 512);
-        assert_eq!(
-            (lb.content_w, lb.content_h, lb.pad_x, lb.pad_y),
-            (512, 384, 0, 64)
-        );
+        assert_eq!((lb.content_w, lb.content_h, lb.pad_x, lb.pad_y), (512, 384, 0, 64));
         assert_eq!(lb.to_frame(0.0, 64.0), Point { x: 0.0, y: 0.0 });
         assert_eq!(lb.to_frame(512.0, 448.0), Point { x: 768.0, y: 576.0 });
         assert_eq!(lb.to_frame(256.0, 256.0), Point { x: 384.0, y: 288.0 });
@@ -82,10 +74,7 @@ mod tests {
     fn odd_tall_frame_pads_left_and_right() {
         // 333x517 into 256x256: scale 256/517, content 165x256, pad_x 45.
         let lb = Letterbox::new(333, 517, 256, 256);
-        assert_eq!(
-            (lb.content_w, lb.content_h, lb.pad_x, lb.pad_y),
-            (165, 256, 45, 0)
-        );
+        assert_eq!((lb.content_w, lb.content_h, lb.pad_x, lb.pad_y), (165, 256, 45, 0));
         let p = lb.to_frame(45.0 + 165.0, 256.0);
         assert_eq!((p.x, p.y), (333.0, 517.0));
         let p = lb.to_frame(45.0 + 82.5, 128.0);

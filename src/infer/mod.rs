@@ -51,11 +51,7 @@ impl Input<'_> {
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
     #[error("{}: cannot load model ({backend:?}): {message}", path.display())]
-    Load {
-        path: PathBuf,
-        backend: Backend,
-        message: String,
-    },
+    Load { path: PathBuf, backend: Backend, message: String },
     #[error("{}: model does not match what sideline expects: {message}", path.display())]
     Mismatch { path: PathBuf, message: String },
     #[error("onnxruntime library: {0}")]
@@ -104,22 +100,12 @@ pub fn load(
 
 /// The graph's declared input must accept what the adapter will feed it.
 fn check_input(path: &Path, spec: &TensorSpec, shape: &[usize], dtype: DType) -> Result<(), InferError> {
-    let mismatch = |message| InferError::Mismatch {
-        path: path.to_path_buf(),
-        message,
-    };
+    let mismatch = |message| InferError::Mismatch { path: path.to_path_buf(), message };
     if spec.dtype != dtype {
-        return Err(mismatch(format!(
-            "input `{}` is {:?}, expected {:?}",
-            spec.name, spec.dtype, dtype
-        )));
+        return Err(mismatch(format!("input `{}` is {:?}, expected {:?}", spec.name, spec.dtype, dtype)));
     }
     let fits = spec.shape.len() == shape.len()
-        && spec
-            .shape
-            .iter()
-            .zip(shape)
-            .all(|(&d, &s)| d < 0 || d as usize == s);
+        && spec.shape.iter().zip(shape).all(|(&d, &s)| d < 0 || d as usize == s);
     if !fits {
         return Err(mismatch(format!(
             "input `{}` has shape {:?}, but the profile's input size gives {:?}",
@@ -133,10 +119,7 @@ fn check_input(path: &Path, spec: &TensorSpec, shape: &[usize], dtype: DType) ->
 fn missing_output(path: &Path, name: &str, available: &[&str]) -> InferError {
     InferError::Mismatch {
         path: path.to_path_buf(),
-        message: format!(
-            "no output named `{name}` (the graph has: {})",
-            available.join(", ")
-        ),
+        message: format!("no output named `{name}` (the graph has: {})", available.join(", ")),
     }
 }
 

@@ -78,11 +78,7 @@ fn spec(name: &str, ty: &ValueType) -> TensorSpec {
         ),
         _ => (DType::Other, vec![]),
     };
-    TensorSpec {
-        name: name.to_string(),
-        dtype,
-        shape,
-    }
+    TensorSpec { name: name.to_string(), dtype, shape }
 }
 
 impl OrtEngine {
@@ -99,20 +95,10 @@ impl OrtEngine {
             backend: Backend::Ort,
             message: e.to_string(),
         })?;
-        let session = Session::builder(env)
-            .map_err(load_err)?
-            .commit_from_memory(&bytes)
-            .map_err(load_err)?;
-        let inputs: Vec<TensorSpec> = session
-            .inputs()
-            .iter()
-            .map(|o| spec(o.name(), o.dtype()))
-            .collect();
-        let all: Vec<TensorSpec> = session
-            .outputs()
-            .iter()
-            .map(|o| spec(o.name(), o.dtype()))
-            .collect();
+        let session =
+            Session::builder(env).map_err(load_err)?.commit_from_memory(&bytes).map_err(load_err)?;
+        let inputs: Vec<TensorSpec> = session.inputs().iter().map(|o| spec(o.name(), o.dtype())).collect();
+        let all: Vec<TensorSpec> = session.outputs().iter().map(|o| spec(o.name(), o.dtype())).collect();
         let outputs = wanted
             .iter()
             .map(|w| {
@@ -126,11 +112,7 @@ impl OrtEngine {
             path: path.to_path_buf(),
             message: format!("expected one input, the graph has {}", v.len()),
         })?;
-        Ok(Self {
-            session,
-            input,
-            outputs,
-        })
+        Ok(Self { session, input, outputs })
     }
 }
 

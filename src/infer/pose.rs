@@ -53,24 +53,11 @@ pub fn decode(raw: &[f32], lb: &Letterbox, threshold: f32, out: &mut Vec<Pose>) 
         let mut keypoints = [Keypoint::default(); KEYPOINTS];
         for (k, kp) in keypoints.iter_mut().enumerate() {
             let p = lb.to_frame(row[k * 3 + 1] * iw, row[k * 3] * ih);
-            *kp = Keypoint {
-                x: p.x,
-                y: p.y,
-                score: row[k * 3 + 2],
-            };
+            *kp = Keypoint { x: p.x, y: p.y, score: row[k * 3 + 2] };
         }
         let b = &row[KEYPOINTS * 3..];
-        let bbox = lb.box_to_frame(BBox {
-            x1: b[1] * iw,
-            y1: b[0] * ih,
-            x2: b[3] * iw,
-            y2: b[2] * ih,
-        });
-        out.push(Pose {
-            score,
-            bbox,
-            keypoints,
-        });
+        let bbox = lb.box_to_frame(BBox { x1: b[1] * iw, y1: b[0] * ih, x2: b[3] * iw, y2: b[2] * ih });
+        out.push(Pose { score, bbox, keypoints });
     }
 }
 
@@ -97,10 +84,7 @@ impl PoseEstimator {
         if out.shape.last().is_some_and(|&d| d >= 0 && d != ROW as i64) {
             return Err(InferError::Mismatch {
                 path: cfg.path.clone(),
-                message: format!(
-                    "output `{}` has shape {:?}; expected [1, 6, {ROW}]",
-                    out.name, out.shape
-                ),
+                message: format!("output `{}` has shape {:?}; expected [1, 6, {ROW}]", out.name, out.shape),
             });
         }
         let pre = Preprocessor::new(frame_w, frame_h, w, h, 0.0);
@@ -123,8 +107,7 @@ impl PoseEstimator {
     }
 
     pub fn infer(&mut self, out: &mut Vec<Pose>) -> Result<(), InferError> {
-        self.engine
-            .run(&self.shape, Input::I32(&self.input), &mut self.outputs)?;
+        self.engine.run(&self.shape, Input::I32(&self.input), &mut self.outputs)?;
         decode(&self.outputs[0], &self.pre.letterbox, self.threshold, out);
         Ok(())
     }
@@ -150,23 +133,8 @@ mod tests {
         decode(&raw, &lb, 0.3, &mut out);
         assert_eq!(out.len(), 1);
         let p = &out[0];
-        assert_eq!(
-            p.keypoints[kp::NOSE],
-            Keypoint {
-                x: 192.0,
-                y: 288.0,
-                score: 0.8
-            }
-        );
-        assert_eq!(
-            p.bbox,
-            BBox {
-                x1: 96.0,
-                y1: 144.0,
-                x2: 288.0,
-                y2: 432.0
-            }
-        );
+        assert_eq!(p.keypoints[kp::NOSE], Keypoint { x: 192.0, y: 288.0, score: 0.8 });
+        assert_eq!(p.bbox, BBox { x1: 96.0, y1: 144.0, x2: 288.0, y2: 432.0 });
     }
 
     #[test]

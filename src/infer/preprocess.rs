@@ -36,11 +36,7 @@ fn taps(out: usize, src: usize, scale: f32) -> Vec<Tap> {
             // Pixel centres line up: output centre o+0.5 maps to source (o+0.5)*scale.
             let s = ((o as f32 + 0.5) * scale - 0.5).clamp(0.0, (src - 1) as f32);
             let i0 = s.floor() as u32;
-            Tap {
-                i0,
-                i1: (i0 + 1).min(src as u32 - 1),
-                w1: s - i0 as f32,
-            }
+            Tap { i0, i1: (i0 + 1).min(src as u32 - 1), w1: s - i0 as f32 }
         })
         .collect()
 }
@@ -81,11 +77,7 @@ impl Preprocessor {
     pub fn run<T: Channel>(&self, frame: &Frame, out: &mut [T]) {
         let lb = &self.letterbox;
         debug_assert_eq!((frame.width, frame.height), (lb.src_w, lb.src_h));
-        assert_eq!(
-            out.len(),
-            self.input_len(),
-            "input buffer sized by Preprocessor::input_len"
-        );
+        assert_eq!(out.len(), self.input_len(), "input buffer sized by Preprocessor::input_len");
         let (yp, up, vp) = frame.planes();
         let w = frame.width as usize;
         let cw = frame.width.div_ceil(2) as usize;
@@ -182,11 +174,7 @@ mod tests {
         // Output pixel i samples source x = 2i + 0.5: luma 16 + 3 * (2i + 0.5).
         for i in 0..32 {
             let expect = 1.164 * (3.0 * (2.0 * i as f32 + 0.5)).min(3.0 * 63.0);
-            assert!(
-                (out[i * 3] - expect).abs() < 0.01,
-                "pixel {i}: {} vs {expect}",
-                out[i * 3]
-            );
+            assert!((out[i * 3] - expect).abs() < 0.01, "pixel {i}: {} vs {expect}", out[i * 3]);
         }
     }
 }

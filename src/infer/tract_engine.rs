@@ -32,10 +32,7 @@ impl TractEngine {
         };
         let mut model = tract_onnx::onnx().model_for_path(path).map_err(err)?;
         let declared = model.input_fact(0).map_err(err)?.clone();
-        let input_name = model
-            .node(model.input_outlets().map_err(err)?[0].node)
-            .name
-            .clone();
+        let input_name = model.node(model.input_outlets().map_err(err)?[0].node).name.clone();
         // Report the input as declared, before we pin it, so shape checks see the real graph.
         let declared_shape: Vec<i64> = declared
             .shape
@@ -65,18 +62,12 @@ impl TractEngine {
             DType::I32 => i32::datum_type(),
             _ => f32::datum_type(),
         };
-        model = model
-            .with_input_fact(0, InferenceFact::dt_shape(dt, shape))
-            .map_err(err)?;
+        model = model.with_input_fact(0, InferenceFact::dt_shape(dt, shape)).map_err(err)?;
         let labels: Vec<String> = model
             .output_outlets()
             .map_err(err)?
             .iter()
-            .map(|o| {
-                model
-                    .outlet_label(*o)
-                    .map_or_else(|| model.node(o.node).name.clone(), str::to_string)
-            })
+            .map(|o| model.outlet_label(*o).map_or_else(|| model.node(o.node).name.clone(), str::to_string))
             .collect();
         for w in wanted {
             if !labels.iter().any(|l| l == w) {
@@ -97,21 +88,14 @@ impl TractEngine {
                 Ok(TensorSpec {
                     name: name.to_string(),
                     dtype: to_dtype(fact.datum_type),
-                    shape: fact
-                        .shape
-                        .as_concrete()
-                        .map_or(vec![], |s| s.iter().map(|&d| d as i64).collect()),
+                    shape: fact.shape.as_concrete().map_or(vec![], |s| s.iter().map(|&d| d as i64).collect()),
                 })
             })
             .collect::<TractResult<Vec<_>>>()
             .map_err(err)?;
         let plan = typed.into_runnable().map_err(err)?;
         let state = TypedSimpleState::new(&plan).map_err(err)?;
-        Ok(Self {
-            state,
-            input,
-            outputs,
-        })
+        Ok(Self { state, input, outputs })
     }
 }
 

@@ -85,10 +85,7 @@ impl RuleSet {
     /// Builds the rules of a profile.
     pub fn new(board: &Board) -> Result<Self, crate::geometry::PolygonError> {
         let out_index = |names: &[String]| -> Vec<usize> {
-            names
-                .iter()
-                .filter_map(|n| board.outputs.iter().position(|o| &o.name == n))
-                .collect()
+            names.iter().filter_map(|n| board.outputs.iter().position(|o| &o.name == n)).collect()
         };
         let mut meta = Vec::new();
         let mut zones = Vec::new();
@@ -145,9 +142,7 @@ pub(crate) struct TrackStates<S> {
 
 impl<S: Default> TrackStates<S> {
     pub fn new() -> Self {
-        Self {
-            items: Vec::with_capacity(32),
-        }
+        Self { items: Vec::with_capacity(32) }
     }
 
     /// State of `track`, marked as seen at `ts`.

@@ -35,10 +35,7 @@ pub struct PostureLimits {
 fn mean_of(pose: &Pose, a: usize, b: usize, thr: f32) -> Option<Point> {
     let (ka, kb) = (pose.keypoints[a], pose.keypoints[b]);
     match (ka.score >= thr, kb.score >= thr) {
-        (true, true) => Some(Point {
-            x: (ka.x + kb.x) * 0.5,
-            y: (ka.y + kb.y) * 0.5,
-        }),
+        (true, true) => Some(Point { x: (ka.x + kb.x) * 0.5, y: (ka.y + kb.y) * 0.5 }),
         (true, false) => Some(Point { x: ka.x, y: ka.y }),
         (false, true) => Some(Point { x: kb.x, y: kb.y }),
         (false, false) => None,
@@ -47,10 +44,9 @@ fn mean_of(pose: &Pose, a: usize, b: usize, thr: f32) -> Option<Point> {
 
 pub fn posture(pose: &Pose, lim: &PostureLimits) -> Posture {
     let thr = lim.keypoint_threshold;
-    let (Some(sh), Some(hip)) = (
-        mean_of(pose, kp::L_SHOULDER, kp::R_SHOULDER, thr),
-        mean_of(pose, kp::L_HIP, kp::R_HIP, thr),
-    ) else {
+    let (Some(sh), Some(hip)) =
+        (mean_of(pose, kp::L_SHOULDER, kp::R_SHOULDER, thr), mean_of(pose, kp::L_HIP, kp::R_HIP, thr))
+    else {
         return Posture::Unknown;
     };
     let (dx, dy) = (sh.x - hip.x, sh.y - hip.y);
@@ -60,12 +56,7 @@ pub fn posture(pose: &Pose, lim: &PostureLimits) -> Posture {
     }
     let angle = dy.abs().atan2(dx.abs()).to_degrees();
     // Image y grows downwards: the lowest keypoint has the largest y.
-    let lowest = pose
-        .keypoints
-        .iter()
-        .filter(|k| k.score >= thr)
-        .map(|k| k.y)
-        .fold(hip.y, f32::max);
+    let lowest = pose.keypoints.iter().filter(|k| k.score >= thr).map(|k| k.y).fold(hip.y, f32::max);
     let hip_height = (lowest - hip.y) / torso;
     if angle <= lim.max_torso_angle_deg && hip_height <= lim.max_hip_height {
         Posture::Down { hip, torso }
@@ -171,11 +162,7 @@ mod tests {
     /// degrees from horizontal, 40 px of torso.
     pub(crate) fn figure(x: f32, y: f32, angle_deg: f32) -> Pose {
         let (s, c) = angle_deg.to_radians().sin_cos();
-        let at = |d: f32| Keypoint {
-            x: x + c * d,
-            y: y + s * d,
-            score: 0.9,
-        };
+        let at = |d: f32| Keypoint { x: x + c * d, y: y + s * d, score: 0.9 };
         let mut k = [Keypoint { x, y, score: 0.0 }; KEYPOINTS];
         k[kp::NOSE] = at(-15.0);
         k[kp::L_SHOULDER] = at(0.0);
@@ -188,12 +175,7 @@ mod tests {
         k[kp::R_ANKLE] = at(90.0);
         Pose {
             score: 0.8,
-            bbox: BBox {
-                x1: x - 50.0,
-                y1: y - 50.0,
-                x2: x + 100.0,
-                y2: y + 100.0,
-            },
+            bbox: BBox { x1: x - 50.0, y1: y - 50.0, x2: x + 100.0, y2: y + 100.0 },
             keypoints: k,
         }
     }
@@ -229,10 +211,7 @@ mod tests {
             alerts.clear();
             r.evaluate(
                 MonoTime::from_nanos((t * 1e9) as u64),
-                &[TrackedPose {
-                    track: 7,
-                    pose: pose(t),
-                }],
+                &[TrackedPose { track: 7, pose: pose(t) }],
                 &mut alerts,
             );
             out.extend(alerts.iter().map(|a| (t, a.state)));
@@ -242,24 +221,10 @@ mod tests {
 
     #[test]
     fn posture_classification() {
-        let lim = PostureLimits {
-            keypoint_threshold: 0.3,
-            max_torso_angle_deg: 35.0,
-            max_hip_height: 0.6,
-        };
-        assert!(matches!(
-            posture(&figure(100.0, 100.0, 0.0), &lim),
-            Posture::Down { .. }
-        ));
-        assert!(matches!(
-            posture(&figure(100.0, 100.0, 180.0 - 20.0), &lim),
-            Posture::Down { .. }
-        ));
-        assert_eq!(
-            posture(&figure(100.0, 100.0, 90.0), &lim),
-            Posture::Up,
-            "standing"
-        );
+        let lim = PostureLimits { keypoint_threshold: 0.3, max_torso_angle_deg: 35.0, max_hip_height: 0.6 };
+        assert!(matches!(posture(&figure(100.0, 100.0, 0.0), &lim), Posture::Down { .. }));
+        assert!(matches!(posture(&figure(100.0, 100.0, 180.0 - 20.0), &lim), Posture::Down { .. }));
+        assert_eq!(posture(&figure(100.0, 100.0, 90.0), &lim), Posture::Up, "standing");
         assert_eq!(posture(&figure(100.0, 100.0, 60.0), &lim), Posture::Up, "leaning");
         let mut blind = figure(100.0, 100.0, 0.0);
         blind.keypoints[kp::L_HIP].score = 0.1;
@@ -270,14 +235,9 @@ mod tests {
     #[test]
     fn fires_after_t_seconds_down_and_clears_when_up() {
         let mut r = rule();
-        let a = play(&mut r, 6.0, 0.0, |t| {
-            figure(100.0, 100.0, if t < 1.0 { 90.0 } else { 5.0 })
-        });
+        let a = play(&mut r, 6.0, 0.0, |t| figure(100.0, 100.0, if t < 1.0 { 90.0 } else { 5.0 }));
         assert_eq!(a.len(), 1, "{a:?}");
-        assert!(
-            (a[0].0 - 4.0).abs() < 0.05 && a[0].1 == AlertState::Raised,
-            "{a:?}"
-        );
+        assert!((a[0].0 - 4.0).abs() < 0.05 && a[0].1 == AlertState::Raised, "{a:?}");
         let a = play(&mut r, 1.0, 6.0, |_| figure(100.0, 100.0, 90.0));
         assert_eq!(a, vec![(6.0, AlertState::Cleared)]);
     }
@@ -286,9 +246,7 @@ mod tests {
     fn does_not_fire_for_a_short_fall_or_a_rolling_player() {
         let mut r = rule();
         // Down for 2.5 s, then up: a tackle, not an injury.
-        let a = play(&mut r, 6.0, 0.0, |t| {
-            figure(100.0, 100.0, if t < 2.5 { 0.0 } else { 90.0 })
-        });
+        let a = play(&mut r, 6.0, 0.0, |t| figure(100.0, 100.0, if t < 2.5 { 0.0 } else { 90.0 }));
         assert!(a.is_empty(), "{a:?}");
         // Lying but moving 30 px/s (0.75 torso/s): not still, never fires.
         let a = play(&mut r, 8.0, 10.0, |t| figure(100.0 + 30.0 * t, 100.0, 0.0));

@@ -102,23 +102,13 @@ mod tests {
             track,
             class: 0,
             score: 0.9,
-            bbox: BBox {
-                x1: foot_x - 10.0,
-                y1: foot_y - 60.0,
-                x2: foot_x + 10.0,
-                y2: foot_y,
-            },
+            bbox: BBox { x1: foot_x - 10.0, y1: foot_y - 60.0, x2: foot_x + 10.0, y2: foot_y },
         }
     }
 
     fn step(r: &mut ZoneRule, i: u64, objs: &[Tracked]) -> Vec<Alert> {
         let mut alerts = vec![];
-        let scene = Scene {
-            seq: i,
-            ts: MonoTime::from_nanos(i * 100_000_000),
-            objects: objs,
-            poses: None,
-        };
+        let scene = Scene { seq: i, ts: MonoTime::from_nanos(i * 100_000_000), objects: objs, poses: None };
         r.evaluate(&scene, &mut alerts);
         alerts
     }
@@ -133,10 +123,7 @@ mod tests {
         let a = step(&mut r, 3, &[person(1, 150.0, 150.0)]);
         assert_eq!(a.len(), 1);
         assert_eq!((a[0].state, a[0].track), (AlertState::Raised, 1));
-        assert!(
-            step(&mut r, 4, &[person(1, 150.0, 150.0)]).is_empty(),
-            "fires once"
-        );
+        assert!(step(&mut r, 4, &[person(1, 150.0, 150.0)]).is_empty(), "fires once");
         let a = step(&mut r, 5, &[person(1, 300.0, 150.0)]);
         assert_eq!(a[0].state, AlertState::Cleared);
     }
@@ -148,10 +135,7 @@ mod tests {
             let x = if i % 2 == 0 { 195.0 } else { 205.0 };
             let mut ball = person(2, 150.0, 150.0);
             ball.class = 32;
-            assert!(
-                step(&mut r, i, &[person(1, x, 150.0), ball]).is_empty(),
-                "frame {i}"
-            );
+            assert!(step(&mut r, i, &[person(1, x, 150.0), ball]).is_empty(), "frame {i}");
         }
     }
 
@@ -160,10 +144,7 @@ mod tests {
         let mut r = rule(1, 2.0);
         assert_eq!(step(&mut r, 0, &[person(1, 150.0, 150.0)]).len(), 1);
         assert_eq!(step(&mut r, 1, &[person(1, 300.0, 150.0)]).len(), 1); // cleared
-        assert!(
-            step(&mut r, 2, &[person(1, 150.0, 150.0)]).is_empty(),
-            "within 2 s"
-        );
+        assert!(step(&mut r, 2, &[person(1, 150.0, 150.0)]).is_empty(), "within 2 s");
         assert!(step(&mut r, 3, &[person(1, 300.0, 150.0)]).is_empty());
         let a = step(&mut r, 25, &[person(1, 150.0, 150.0)]);
         assert_eq!(a[0].state, AlertState::Raised);

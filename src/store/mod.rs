@@ -28,16 +28,8 @@ impl PatternLog {
         };
         std::fs::create_dir_all(dir).map_err(err(dir))?;
         let path = dir.join("patterns.jsonl");
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(err(&path))?;
-        Ok(Self {
-            path,
-            file,
-            line: Vec::with_capacity(512),
-        })
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(err(&path))?;
+        Ok(Self { path, file, line: Vec::with_capacity(512) })
     }
 
     pub fn path(&self) -> &Path {
@@ -47,15 +39,10 @@ impl PatternLog {
     /// Appends one record and waits until it is on disk.
     pub fn append<T: serde::Serialize>(&mut self, record: &T) -> Result<(), StoreError> {
         self.line.clear();
-        serde_json::to_writer(&mut self.line, record).map_err(|e| StoreError {
-            path: self.path.clone(),
-            source: e.into(),
-        })?;
+        serde_json::to_writer(&mut self.line, record)
+            .map_err(|e| StoreError { path: self.path.clone(), source: e.into() })?;
         self.line.push(b'\n');
-        let err = |source| StoreError {
-            path: self.path.clone(),
-            source,
-        };
+        let err = |source| StoreError { path: self.path.clone(), source };
         self.file.write_all(&self.line).map_err(err)?;
         self.file.sync_data().map_err(err)
     }

@@ -25,10 +25,7 @@ pub struct SimUplink {
 
 impl SimUplink {
     pub fn new(online: bool) -> Self {
-        Self {
-            online,
-            sent: Vec::new(),
-        }
+        Self { online, sent: Vec::new() }
     }
 }
 

@@ -21,14 +21,7 @@ const CAP: usize = 1 << 16;
 
 impl StageStats {
     pub fn new(name: &'static str) -> Self {
-        Self {
-            name,
-            samples: Vec::with_capacity(CAP),
-            next: 0,
-            count: 0,
-            sum_us: 0,
-            max_us: 0,
-        }
+        Self { name, samples: Vec::with_capacity(CAP), next: 0, count: 0, sum_us: 0, max_us: 0 }
     }
 
     pub fn record(&mut self, d: Duration) {
@@ -150,9 +143,6 @@ mod tests {
             s.record(Duration::from_micros(i));
         }
         let m = s.summary();
-        assert_eq!(
-            (m.count, m.mean_us, m.p50_us, m.p99_us, m.max_us),
-            (100, 50, 51, 99, 100)
-        );
+        assert_eq!((m.count, m.mean_us, m.p50_us, m.p99_us, m.max_us), (100, 50, 51, 99, 100));
     }
 }

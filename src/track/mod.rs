@@ -40,10 +40,7 @@ pub struct TrackerConfig {
 
 impl Default for TrackerConfig {
     fn default() -> Self {
-        Self {
-            min_iou: 0.2,
-            max_misses: 5,
-        }
+        Self { min_iou: 0.2, max_misses: 5 }
     }
 }
 
@@ -86,8 +83,7 @@ impl Tracker {
             }
         }
         // Best overlaps first; ties broken by index so results are deterministic.
-        self.pairs
-            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        self.pairs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         self.det_taken.clear();
         self.det_taken.resize(boxes.len(), false);
         self.track_taken.clear();
@@ -121,14 +117,7 @@ impl Tracker {
             if !self.det_taken[di] {
                 let id = self.next_id;
                 self.next_id = self.next_id.wrapping_add(1).max(1);
-                self.tracks.push(Track {
-                    id,
-                    bbox: *b,
-                    vx: 0.0,
-                    vy: 0.0,
-                    hits: 1,
-                    misses: 0,
-                });
+                self.tracks.push(Track { id, bbox: *b, vx: 0.0, vy: 0.0, hits: 1, misses: 0 });
                 ids[di] = id;
             }
         }
@@ -140,12 +129,7 @@ mod tests {
     use super::*;
 
     fn bx(x: f32, y: f32) -> BBox {
-        BBox {
-            x1: x,
-            y1: y,
-            x2: x + 20.0,
-            y2: y + 50.0,
-        }
+        BBox { x1: x, y1: y, x2: x + 20.0, y2: y + 50.0 }
     }
 
     #[test]
@@ -171,10 +155,7 @@ mod tests {
 
     #[test]
     fn drops_tracks_after_max_misses() {
-        let mut t = Tracker::new(TrackerConfig {
-            min_iou: 0.2,
-            max_misses: 2,
-        });
+        let mut t = Tracker::new(TrackerConfig { min_iou: 0.2, max_misses: 2 });
         let mut ids = vec![];
         t.update(&[bx(0.0, 0.0)], &mut ids);
         let first = ids[0];

@@ -22,11 +22,7 @@ pub fn media(name: &str) -> PathBuf {
 pub fn ort_env() {
     if std::env::var_os("ORT_DYLIB_PATH").is_none() {
         let lib = repo().join(".cache/onnxruntime/libonnxruntime.so");
-        assert!(
-            lib.is_file(),
-            "{} is missing: run scripts/setup first",
-            lib.display()
-        );
+        assert!(lib.is_file(), "{} is missing: run scripts/setup first", lib.display());
         // Tests in one binary share the process; every caller sets the same value.
         unsafe { std::env::set_var("ORT_DYLIB_PATH", lib) };
     }
@@ -48,9 +44,7 @@ pub fn rgb_to_frame(rgb: &[u8], w: u32, h: u32) -> Frame {
         for x in 0..wu {
             let p = &rgb[(y * wu + x) * 3..][..3];
             let (r, g, b) = (p[0] as f32, p[1] as f32, p[2] as f32);
-            y_plane[y * wu + x] = (16.0 + 0.257 * r + 0.504 * g + 0.098 * b)
-                .round()
-                .clamp(0.0, 255.0) as u8;
+            y_plane[y * wu + x] = (16.0 + 0.257 * r + 0.504 * g + 0.098 * b).round().clamp(0.0, 255.0) as u8;
         }
     }
     for y in 0..hu / 2 {
@@ -63,12 +57,8 @@ pub fn rgb_to_frame(rgb: &[u8], w: u32, h: u32) -> Frame {
                 b += p[2] as f32 / 4.0;
             }
             let i = y * wu / 2 + x;
-            u_plane[i] = (128.0 - 0.148 * r - 0.291 * g + 0.439 * b)
-                .round()
-                .clamp(0.0, 255.0) as u8;
-            v_plane[i] = (128.0 + 0.439 * r - 0.368 * g - 0.071 * b)
-                .round()
-                .clamp(0.0, 255.0) as u8;
+            u_plane[i] = (128.0 - 0.148 * r - 0.291 * g + 0.439 * b).round().clamp(0.0, 255.0) as u8;
+            v_plane[i] = (128.0 + 0.439 * r - 0.368 * g - 0.071 * b).round().clamp(0.0, 255.0) as u8;
         }
     }
     f
@@ -96,14 +86,10 @@ pub fn sim_profile(dir: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
     let repo = repo();
     let text = std::fs::read_to_string(repo.join("board/sim.toml")).unwrap();
     let state = dir.join("state");
-    let text = text.replace("\"../", &format!("\"{}/", repo.display())).replace(
-        &format!("\"{}/.cache/state/sim\"", repo.display()),
-        &format!("\"{}\"", state.display()),
-    );
-    assert!(
-        text.contains(&state.display().to_string()),
-        "storage path rewritten"
-    );
+    let text = text
+        .replace("\"../", &format!("\"{}/", repo.display()))
+        .replace(&format!("\"{}/.cache/state/sim\"", repo.display()), &format!("\"{}\"", state.display()));
+    assert!(text.contains(&state.display().to_string()), "storage path rewritten");
     let path = dir.join("board.toml");
     std::fs::write(&path, edit(text)).unwrap();
     path
