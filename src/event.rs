@@ -22,6 +22,31 @@ pub enum Event {
         track: u32,
     },
     Alert(AlertEvent),
+    /// One decided frame (only with `--frame-events`): how old it was and what ran.
+    Frame {
+        frame: u64,
+        capture_us: u64,
+        /// Age when the loop took it, and when its decision was out.
+        taken_age_us: u64,
+        age_us: u64,
+        level: usize,
+        pose: bool,
+        missed: bool,
+    },
+    /// The degradation ladder moved.
+    Ladder {
+        frame: u64,
+        from: usize,
+        to: usize,
+        direction: &'static str,
+    },
+    /// A periodic sign of life, logged by the recorder.
+    Status {
+        frame: u64,
+        people: usize,
+        balls: usize,
+        level: usize,
+    },
     Summary(crate::telemetry::Summary),
 }
 

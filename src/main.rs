@@ -39,6 +39,12 @@ enum Command {
         /// Read sources as fast as possible instead of at their nominal rate.
         #[arg(long)]
         no_pace: bool,
+        /// Play a clip at this frame rate instead of its own.
+        #[arg(long)]
+        pace_fps: Option<f64>,
+        /// Also emit one `frame` event per decided frame (age, level, deadline).
+        #[arg(long)]
+        frame_events: bool,
     },
     /// Validate a board profile and everything it points to.
     Check {
@@ -46,6 +52,9 @@ enum Command {
         board: PathBuf,
     },
 }
+
+#[global_allocator]
+static ALLOC: sideline::telemetry::alloc::CountingAlloc = sideline::telemetry::alloc::CountingAlloc;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -83,11 +92,16 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { board, events, max_frames, no_pace } => {
+        Command::Run { board, events, max_frames, no_pace, pace_fps, frame_events } => {
             let profile = Board::load(&board)?;
             install_signal_handlers();
-            let opts =
-                RunOptions { events: events.as_deref().map(EventsDest::parse), max_frames, pace: !no_pace };
+            let opts = RunOptions {
+                events: events.as_deref().map(EventsDest::parse),
+                max_frames,
+                pace: !no_pace,
+                pace_fps,
+                frame_events,
+            };
             tracing::info!(board = %board.display(), "starting");
             let summary = pipeline::run(&profile, &opts, &STOP)
                 .with_context(|| format!("running {}", board.display()))?;

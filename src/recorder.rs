@@ -5,7 +5,9 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
@@ -33,10 +35,29 @@ impl EventsDest {
 /// Room for a burst of events while the disk is slow; beyond it events are counted and dropped.
 const CAPACITY: usize = 8192;
 
-pub struct Recorder {
+/// The loop's and the output stage's way into the recorder. Cloneable; never blocks.
+#[derive(Clone)]
+pub struct RecorderTx {
     tx: SyncSender<Event>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl RecorderTx {
+    /// Hands an event over without waiting; a full queue drops it and counts the drop.
+    pub fn send(&self, ev: Event) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(ev) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Recorder {
+    tx: RecorderTx,
     handle: JoinHandle<anyhow::Result<()>>,
-    dropped: u64,
 }
 
 impl Recorder {
@@ -60,25 +81,18 @@ impl Recorder {
                 record(rx, out.map(|w| BufWriter::with_capacity(1 << 16, w)), store, uplink, topic)
             })
             .context("starting the recorder thread")?;
-        Ok(Self { tx, handle, dropped: 0 })
+        Ok(Self { tx: RecorderTx { tx, dropped: Arc::new(AtomicU64::new(0)) }, handle })
     }
 
-    /// Hands an event over without waiting.
-    pub fn send(&mut self, ev: Event) {
-        match self.tx.try_send(ev) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped += 1,
-        }
+    pub fn sender(&self) -> RecorderTx {
+        self.tx.clone()
     }
 
-    pub fn dropped(&self) -> u64 {
-        self.dropped
-    }
-
-    /// Sends the final event, waits for everything to be written, and reports the first I/O error.
+    /// Sends the final event and waits for everything to be written; every other sender must
+    /// be gone by now. Reports the first I/O error.
     pub fn finish(self, last: Event) -> anyhow::Result<()> {
         // Blocking here is fine: the loop is over.
-        let _ = self.tx.send(last);
+        let _ = self.tx.tx.send(last);
         drop(self.tx);
         self.handle.join().map_err(|_| anyhow::anyhow!("recorder thread panicked"))?
     }
@@ -105,6 +119,12 @@ fn record(
                     first_err.get_or_insert(anyhow::Error::new(e).context("writing events"));
                     out = None;
                 }
+            }
+            if let Event::Status { frame, people, balls, level } = &ev {
+                tracing::info!(frame, people, balls, level, "running");
+            }
+            if let Event::Ladder { frame, from, to, .. } = &ev {
+                tracing::warn!(frame, from, to, "degradation level changed");
             }
             if let Event::Alert(a) = &ev {
                 if let Err(e) = store.append(a) {

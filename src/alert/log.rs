@@ -33,4 +33,9 @@ impl AlertOutput for LogOutput {
         );
         Ok(())
     }
+
+    fn heartbeat(&mut self, level: bool) -> Result<(), AlertError> {
+        tracing::trace!(target: "sideline::alert", output = %self.name, level, "heartbeat");
+        Ok(())
+    }
 }

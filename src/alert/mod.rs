@@ -31,6 +31,11 @@ pub trait AlertOutput: Send {
     fn name(&self) -> &str;
     /// Drives the output for `signal`, returning once it has been driven.
     fn drive(&mut self, signal: &Signal<'_>) -> Result<(), AlertError>;
+    /// Sets the heartbeat level, for an output configured as the heartbeat line.
+    fn heartbeat(&mut self, level: bool) -> Result<(), AlertError> {
+        let _ = level;
+        Ok(())
+    }
 }
 
 /// Opens the board's outputs, in profile order (rules refer to them by index).

@@ -90,6 +90,10 @@ impl AudioSource for WavMic {
         if self.pos >= self.samples.len() {
             return Ok(false);
         }
+        if self.seq == 0 {
+            // The recording starts when it is first listened to, not when it was opened.
+            self.start = MonoTime::now();
+        }
         let end = (self.pos + self.chunk).min(self.samples.len());
         let first = self.start.plus(Duration::from_secs_f64(self.pos as f64 / self.rate as f64));
         chunk.samples.clear();

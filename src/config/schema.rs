@@ -19,6 +19,9 @@ pub struct Board {
     pub rules: Rules,
     pub outputs: Vec<Output>,
     pub storage: Storage,
+    /// The deadline loop: budgets, degradation ladder, alarms, real-time settings.
+    #[serde(rename = "loop", default)]
+    pub frame_loop: FrameLoop,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,4 +255,114 @@ pub struct Output {
 pub struct Storage {
     /// Directory for the device's durable state.
     pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrameLoop {
+    /// Deadline after capture for a frame's decision; default one frame interval (33 ms at 30 fps).
+    #[serde(default)]
+    pub budget_ms: Option<f32>,
+    /// Per-stage budgets; a stage taking longer is counted as an overrun of that stage.
+    #[serde(default)]
+    pub stage_budget_ms: StageBudgets,
+    /// No fresh frame for this long raises the camera-blind alarm.
+    #[serde(default = "default_blind_ms")]
+    pub blind_after_ms: u32,
+    /// No decided frame for this long (while frames arrive) raises the loop-stalled alarm.
+    #[serde(default = "default_stall_ms")]
+    pub stall_after_ms: u32,
+    /// Output toggled every `heartbeat_ms` while the loop meets its deadlines.
+    #[serde(default)]
+    pub heartbeat: Option<String>,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u32,
+    /// Outputs for the camera-blind and loop-stalled alarms; empty means all outputs.
+    #[serde(default)]
+    pub alarm_outputs: Vec<String>,
+    /// Degraded levels, mildest first; level 0 (everything, every frame) is implicit.
+    #[serde(default)]
+    pub ladder: Vec<LadderLevel>,
+    /// Step down a level after this many deadline misses within the last `window` frames.
+    #[serde(default = "default_degrade_after")]
+    pub degrade_after: u32,
+    #[serde(default = "default_window")]
+    pub window: u32,
+    /// Step back up after this many consecutive frames decided within `headroom` x budget.
+    #[serde(default = "default_recover_after")]
+    pub recover_after: u32,
+    #[serde(default = "default_headroom")]
+    pub headroom: f32,
+    #[serde(default)]
+    pub realtime: Option<Realtime>,
+}
+
+impl Default for FrameLoop {
+    fn default() -> Self {
+        toml::from_str("").expect("every [loop] field has a default")
+    }
+}
+
+fn default_blind_ms() -> u32 {
+    1000
+}
+fn default_stall_ms() -> u32 {
+    1000
+}
+fn default_heartbeat_ms() -> u32 {
+    250
+}
+fn default_degrade_after() -> u32 {
+    3
+}
+fn default_window() -> u32 {
+    10
+}
+fn default_recover_after() -> u32 {
+    30
+}
+fn default_headroom() -> f32 {
+    0.6
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageBudgets {
+    pub preprocess: Option<f32>,
+    pub detect: Option<f32>,
+    pub pose: Option<f32>,
+    pub rules: Option<f32>,
+    pub output: Option<f32>,
+}
+
+/// One rung of the degradation ladder.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LadderLevel {
+    /// Run pose on one frame in N; 0 turns pose off.
+    #[serde(default = "one")]
+    pub pose_every: u32,
+    /// A smaller pose input `[width, height]` (multiples of 32).
+    #[serde(default)]
+    pub pose_input: Option<[u32; 2]>,
+    /// Decide one frame in N; the others are dropped unseen.
+    #[serde(default = "one")]
+    pub frame_skip: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Realtime {
+    /// SCHED_FIFO priority (1..=99) for the camera and decision threads.
+    pub priority: i32,
+    /// CPUs the loop threads are pinned to; empty leaves affinity alone.
+    #[serde(default)]
+    pub cpus: Vec<usize>,
+    /// Lock all memory (mlockall) so the loop never waits on a page fault.
+    #[serde(default)]
+    pub mlock: bool,
 }

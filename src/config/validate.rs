@@ -35,6 +35,7 @@ pub(super) fn check(b: &Board) -> Findings {
     check_models(b, &mut f);
     let outputs = check_outputs(b, &mut f);
     check_rules(b, &outputs, &mut f);
+    check_loop(b, &outputs, &mut f);
     if b.storage.path.as_os_str().is_empty() {
         f.push(("storage.path".into(), "must not be empty".into()));
     }
@@ -211,6 +212,80 @@ fn check_rules(b: &Board, outputs: &HashSet<&str>, f: &mut Findings) {
             if !(v > 0.0 && v.is_finite()) {
                 f.push((at(field), format!("{v} must be > 0")));
             }
+        }
+    }
+}
+
+fn check_loop(b: &Board, outputs: &HashSet<&str>, f: &mut Findings) {
+    let l = &b.frame_loop;
+    let positive = |v: f32| v > 0.0 && v.is_finite();
+    if let Some(ms) = l.budget_ms {
+        if !positive(ms) {
+            f.push(("loop.budget_ms".into(), format!("{ms} must be > 0")));
+        }
+    }
+    let s = &l.stage_budget_ms;
+    for (name, v) in [
+        ("preprocess", s.preprocess),
+        ("detect", s.detect),
+        ("pose", s.pose),
+        ("rules", s.rules),
+        ("output", s.output),
+    ] {
+        if let Some(v) = v.filter(|&v| !positive(v)) {
+            f.push((format!("loop.stage_budget_ms.{name}"), format!("{v} must be > 0")));
+        }
+    }
+    for (field, v) in [
+        ("blind_after_ms", l.blind_after_ms),
+        ("stall_after_ms", l.stall_after_ms),
+        ("heartbeat_ms", l.heartbeat_ms),
+        ("degrade_after", l.degrade_after),
+        ("window", l.window),
+        ("recover_after", l.recover_after),
+    ] {
+        if v == 0 {
+            f.push((format!("loop.{field}"), "must be at least 1".into()));
+        }
+    }
+    if l.degrade_after > l.window {
+        f.push((
+            "loop.degrade_after".into(),
+            format!("{} is more than window ({})", l.degrade_after, l.window),
+        ));
+    }
+    if !(l.headroom > 0.0 && l.headroom <= 1.0) {
+        f.push(("loop.headroom".into(), format!("{} is outside (0, 1]", l.headroom)));
+    }
+    if let Some(h) = &l.heartbeat {
+        if !outputs.contains(h.as_str()) {
+            f.push(("loop.heartbeat".into(), format!("no output named `{h}` in [[outputs]]")));
+        }
+    }
+    for (i, o) in l.alarm_outputs.iter().enumerate() {
+        if !outputs.contains(o.as_str()) {
+            f.push((format!("loop.alarm_outputs[{i}]"), format!("no output named `{o}` in [[outputs]]")));
+        }
+    }
+    for (i, lv) in l.ladder.iter().enumerate() {
+        if lv.frame_skip == 0 {
+            f.push((format!("loop.ladder[{i}].frame_skip"), "must be at least 1".into()));
+        }
+        if let Some(inp) = lv.pose_input {
+            if b.models.pose.is_none() {
+                f.push((format!("loop.ladder[{i}].pose_input"), "there is no [models.pose]".into()));
+            }
+            if inp.iter().any(|&v| v == 0 || v % 32 != 0) {
+                f.push((
+                    format!("loop.ladder[{i}].pose_input"),
+                    format!("{}x{}: width and height must be non-zero multiples of 32", inp[0], inp[1]),
+                ));
+            }
+        }
+    }
+    if let Some(rt) = &l.realtime {
+        if !(1..=99).contains(&rt.priority) {
+            f.push(("loop.realtime.priority".into(), format!("{} is outside 1..=99", rt.priority)));
         }
     }
 }

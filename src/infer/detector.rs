@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::letterbox::Letterbox;
 use super::preprocess::Preprocessor;
-use super::{coco, DType, Engine, InferError, Input};
+use super::{coco, DType, Engine, InferError};
 use crate::capture::Frame;
 use crate::config::{DetectorModel, Inference};
 use crate::geometry::BBox;
@@ -82,8 +82,6 @@ pub fn nms(dets: &mut Vec<Detection>, start: usize, max_iou: f32) {
 pub struct Detector {
     engine: Box<dyn Engine>,
     pre: Preprocessor,
-    shape: [usize; 4],
-    input: Vec<f32>,
     outputs: Vec<Vec<f32>>,
     threshold: f32,
     keep: ClassFilter,
@@ -108,11 +106,9 @@ impl Detector {
         }
         let pre = Preprocessor::new(frame_w, frame_h, w, h, 0.0);
         Ok(Self {
-            input: vec![0.0; pre.input_len()],
             outputs: vec![Vec::with_capacity(100 * ROW)],
             engine,
             pre,
-            shape,
             threshold: cfg.score_threshold,
             keep: ClassFilter::new(&cfg.classes),
         })
@@ -128,12 +124,12 @@ impl Detector {
 
     /// Converts the frame into the model input (the preprocess stage).
     pub fn prepare(&mut self, frame: &Frame) {
-        self.pre.run(frame, &mut self.input);
+        self.pre.fill(frame, self.engine.input_buffer());
     }
 
     /// Runs the model on the prepared input and appends detections to `out`.
     pub fn infer(&mut self, out: &mut Vec<Detection>) -> Result<(), InferError> {
-        self.engine.run(&self.shape, Input::F32(&self.input), &mut self.outputs)?;
+        self.engine.run(&mut self.outputs)?;
         decode(&self.outputs[0], &self.pre.letterbox, self.threshold, &self.keep, out);
         Ok(())
     }

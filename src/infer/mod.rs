@@ -33,19 +33,10 @@ pub struct TensorSpec {
     pub shape: Vec<i64>,
 }
 
-#[derive(Clone, Copy, Debug)]
-pub enum Input<'a> {
-    F32(&'a [f32]),
-    I32(&'a [i32]),
-}
-
-impl Input<'_> {
-    pub fn dtype(&self) -> DType {
-        match self {
-            Input::F32(_) => DType::F32,
-            Input::I32(_) => DType::I32,
-        }
-    }
+/// The engine's input buffer, to be filled before [`Engine::run`].
+pub enum InputMut<'a> {
+    F32(&'a mut [f32]),
+    I32(&'a mut [i32]),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,9 +59,12 @@ pub trait Engine: Send {
     fn input(&self) -> &TensorSpec;
     /// The selected outputs, in the order they were asked for.
     fn outputs(&self) -> &[TensorSpec];
-    /// Runs `input` (laid out as the model wants, of `shape`) and copies the selected outputs,
-    /// in order, into `out`, reusing its buffers.
-    fn run(&mut self, shape: &[usize], input: Input<'_>, out: &mut [Vec<f32>]) -> Result<(), InferError>;
+    /// The input, laid out as the model wants it at the shape it was loaded with. Filled in
+    /// place: no copy and no allocation between preprocessing and inference.
+    fn input_buffer(&mut self) -> InputMut<'_>;
+    /// Runs the model on the input buffer and copies the selected outputs, in order, into `out`,
+    /// reusing its buffers.
+    fn run(&mut self, out: &mut [Vec<f32>]) -> Result<(), InferError>;
 }
 
 /// Loads `path` on `backend`, fixing the input to `shape` where the graph leaves it open and
@@ -86,7 +80,7 @@ pub fn load(
 ) -> Result<Box<dyn Engine>, InferError> {
     let engine: Box<dyn Engine> = match backend {
         #[cfg(feature = "ort")]
-        Backend::Ort => Box::new(ort_engine::OrtEngine::load(path, outputs, settings)?),
+        Backend::Ort => Box::new(ort_engine::OrtEngine::load(path, shape, dtype, outputs, settings)?),
         #[cfg(not(feature = "ort"))]
         Backend::Ort => return Err(InferError::NotBuilt(backend, "ort")),
         #[cfg(feature = "tract")]

@@ -1,15 +1,21 @@
 //! onnxruntime backend. The library is loaded at run time from `ORT_DYLIB_PATH` or the
 //! profile's `inference.ort_library`, so the binary builds and ships without it and a machine
 //! without it gets a clear error instead of a crash.
+//!
+//! Input and output tensors are allocated once, by onnxruntime, at load time; each run calls the
+//! C API's `Run` with those tensors, so a frame costs no heap allocation on our side (the safe
+//! `Session::run` allocates names and output values on every call).
 
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::{Tensor, TensorElementType, ValueType};
+use ort::AsPointer;
 
-use super::{DType, Engine, InferError, Input, TensorSpec};
+use super::{DType, Engine, InferError, InputMut, TensorSpec};
 use crate::config::{Backend, Inference};
 
 static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
@@ -60,11 +66,27 @@ pub fn runtime_version(settings: &Inference) -> Result<String, InferError> {
     Ok(std::fs::canonicalize(&lib).unwrap_or(lib).display().to_string())
 }
 
+enum InputTensor {
+    F32(Tensor<f32>),
+    I32(Tensor<i32>),
+}
+
 pub struct OrtEngine {
     session: Session,
-    input: TensorSpec,
-    outputs: Vec<TensorSpec>,
+    input_spec: TensorSpec,
+    output_specs: Vec<TensorSpec>,
+    input: InputTensor,
+    outputs: Vec<Tensor<f32>>,
+    // C strings and pointer arrays for `Run`, built once.
+    _names: Vec<CString>,
+    input_name: *const std::ffi::c_char,
+    output_names: Vec<*const std::ffi::c_char>,
+    output_ptrs: Vec<*mut ort::sys::OrtValue>,
 }
+
+// SAFETY: the raw pointers point into `_names` and `outputs`, which this struct owns and never
+// moves out of; the session is used from one thread at a time (`&mut self`).
+unsafe impl Send for OrtEngine {}
 
 fn spec(name: &str, ty: &ValueType) -> TensorSpec {
     let (dtype, shape) = match ty {
@@ -82,24 +104,28 @@ fn spec(name: &str, ty: &ValueType) -> TensorSpec {
 }
 
 impl OrtEngine {
-    pub fn load(path: &Path, wanted: &[&str], settings: &Inference) -> Result<Self, InferError> {
+    pub fn load(
+        path: &Path,
+        shape: &[usize],
+        dtype: DType,
+        wanted: &[&str],
+        settings: &Inference,
+    ) -> Result<Self, InferError> {
         let env = environment(settings)?;
-        let load_err = |e: ort::Error| InferError::Load {
-            path: path.to_path_buf(),
-            backend: Backend::Ort,
-            message: e.to_string(),
-        };
+        let load_err =
+            |message: String| InferError::Load { path: path.to_path_buf(), backend: Backend::Ort, message };
+        let mismatch = |message: String| InferError::Mismatch { path: path.to_path_buf(), message };
         // Read the file ourselves: a missing file then reads as an I/O error, not an ORT one.
-        let bytes = std::fs::read(path).map_err(|e| InferError::Load {
-            path: path.to_path_buf(),
-            backend: Backend::Ort,
-            message: e.to_string(),
-        })?;
-        let session =
-            Session::builder(env).map_err(load_err)?.commit_from_memory(&bytes).map_err(load_err)?;
+        let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
+        let session = Session::builder(env)
+            .map_err(|e| load_err(e.to_string()))?
+            .commit_from_memory(&bytes)
+            .map_err(|e| load_err(e.to_string()))?;
         let inputs: Vec<TensorSpec> = session.inputs().iter().map(|o| spec(o.name(), o.dtype())).collect();
         let all: Vec<TensorSpec> = session.outputs().iter().map(|o| spec(o.name(), o.dtype())).collect();
-        let outputs = wanted
+        let [input_spec] = <[TensorSpec; 1]>::try_from(inputs)
+            .map_err(|v| mismatch(format!("expected one input, the graph has {}", v.len())))?;
+        let output_specs: Vec<TensorSpec> = wanted
             .iter()
             .map(|w| {
                 all.iter().find(|o| o.name == *w).cloned().ok_or_else(|| {
@@ -108,11 +134,45 @@ impl OrtEngine {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let [input] = <[TensorSpec; 1]>::try_from(inputs).map_err(|v| InferError::Mismatch {
-            path: path.to_path_buf(),
-            message: format!("expected one input, the graph has {}", v.len()),
-        })?;
-        Ok(Self { session, input, outputs })
+
+        let alloc = session.allocator();
+        let tensor_err = |e: ort::Error| load_err(format!("allocating tensors: {e}"));
+        let input = match dtype {
+            DType::I32 => InputTensor::I32(Tensor::<i32>::new(alloc, shape.to_vec()).map_err(tensor_err)?),
+            _ => InputTensor::F32(Tensor::<f32>::new(alloc, shape.to_vec()).map_err(tensor_err)?),
+        };
+        let mut outputs = Vec::with_capacity(output_specs.len());
+        for o in &output_specs {
+            if o.dtype != DType::F32 || o.shape.iter().any(|&d| d < 0) {
+                return Err(mismatch(format!(
+                    "output `{}` is {:?} {:?}; sideline needs float32 outputs of a fixed shape",
+                    o.name, o.dtype, o.shape
+                )));
+            }
+            let dims: Vec<usize> = o.shape.iter().map(|&d| d as usize).collect();
+            outputs.push(Tensor::<f32>::new(alloc, dims).map_err(tensor_err)?);
+        }
+
+        let names: Vec<CString> = std::iter::once(&input_spec.name)
+            .chain(output_specs.iter().map(|o| &o.name))
+            .map(|n| {
+                CString::new(n.as_str()).map_err(|_| mismatch(format!("tensor name `{n}` contains NUL")))
+            })
+            .collect::<Result<_, _>>()?;
+        let input_name = names[0].as_ptr();
+        let output_names = names[1..].iter().map(|n| n.as_ptr()).collect();
+        let output_ptrs = outputs.iter_mut().map(|t| t.ptr_mut()).collect();
+        Ok(Self {
+            session,
+            input_spec,
+            output_specs,
+            input,
+            outputs,
+            _names: names,
+            input_name,
+            output_names,
+            output_ptrs,
+        })
     }
 }
 
@@ -121,29 +181,52 @@ impl Engine for OrtEngine {
         Backend::Ort
     }
     fn input(&self) -> &TensorSpec {
-        &self.input
+        &self.input_spec
     }
     fn outputs(&self) -> &[TensorSpec] {
-        &self.outputs
+        &self.output_specs
     }
 
-    fn run(&mut self, shape: &[usize], input: Input<'_>, out: &mut [Vec<f32>]) -> Result<(), InferError> {
-        let run_err = |e: ort::Error| InferError::Run(e.to_string());
-        let outputs = match input {
-            Input::F32(d) => {
-                let t = TensorRef::from_array_view((shape, d)).map_err(run_err)?;
-                self.session.run(ort::inputs![t]).map_err(run_err)?
-            }
-            Input::I32(d) => {
-                let t = TensorRef::from_array_view((shape, d)).map_err(run_err)?;
-                self.session.run(ort::inputs![t]).map_err(run_err)?
-            }
+    fn input_buffer(&mut self) -> InputMut<'_> {
+        match &mut self.input {
+            InputTensor::F32(t) => InputMut::F32(t.extract_tensor_mut().1),
+            InputTensor::I32(t) => InputMut::I32(t.extract_tensor_mut().1),
+        }
+    }
+
+    fn run(&mut self, out: &mut [Vec<f32>]) -> Result<(), InferError> {
+        let input: *const ort::sys::OrtValue = match &self.input {
+            InputTensor::F32(t) => t.ptr(),
+            InputTensor::I32(t) => t.ptr(),
         };
-        for (spec, dst) in self.outputs.iter().zip(out.iter_mut()) {
-            let value = outputs
-                .get(&spec.name)
-                .ok_or_else(|| InferError::Run(format!("output `{}` missing from the result", spec.name)))?;
-            let (_, data) = value.try_extract_tensor::<f32>().map_err(run_err)?;
+        let api = ort::api();
+        // SAFETY: every pointer comes from values this engine owns and keeps alive: the session,
+        // the input and output tensors (allocated at their exact shapes), and NUL-terminated
+        // names. onnxruntime writes results into the pre-allocated output values.
+        let status = unsafe {
+            (api.Run)(
+                self.session.ptr_mut(),
+                std::ptr::null(),
+                &self.input_name,
+                &input,
+                1,
+                self.output_names.as_ptr(),
+                self.output_names.len(),
+                self.output_ptrs.as_mut_ptr(),
+            )
+        };
+        if !status.0.is_null() {
+            // SAFETY: a non-null status is a live OrtStatus we own and must release.
+            let message = unsafe {
+                let m =
+                    std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0)).to_string_lossy().into_owned();
+                (api.ReleaseStatus)(status.0);
+                m
+            };
+            return Err(InferError::Run(message));
+        }
+        for (t, dst) in self.outputs.iter().zip(out.iter_mut()) {
+            let (_, data) = t.extract_tensor();
             dst.clear();
             dst.extend_from_slice(data);
         }

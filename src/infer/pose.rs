@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::letterbox::Letterbox;
 use super::preprocess::Preprocessor;
-use super::{DType, Engine, InferError, Input};
+use super::{DType, Engine, InferError};
 use crate::capture::Frame;
 use crate::config::{Inference, PoseModel};
 use crate::geometry::BBox;
@@ -64,8 +64,6 @@ pub fn decode(raw: &[f32], lb: &Letterbox, threshold: f32, out: &mut Vec<Pose>) 
 pub struct PoseEstimator {
     engine: Box<dyn Engine>,
     pre: Preprocessor,
-    shape: [usize; 4],
-    input: Vec<i32>,
     outputs: Vec<Vec<f32>>,
     threshold: f32,
 }
@@ -88,14 +86,7 @@ impl PoseEstimator {
             });
         }
         let pre = Preprocessor::new(frame_w, frame_h, w, h, 0.0);
-        Ok(Self {
-            input: vec![0; pre.input_len()],
-            outputs: vec![Vec::with_capacity(6 * ROW)],
-            engine,
-            pre,
-            shape,
-            threshold: cfg.score_threshold,
-        })
+        Ok(Self { outputs: vec![Vec::with_capacity(6 * ROW)], engine, pre, threshold: cfg.score_threshold })
     }
 
     pub fn engine(&self) -> &dyn Engine {
@@ -103,11 +94,11 @@ impl PoseEstimator {
     }
 
     pub fn prepare(&mut self, frame: &Frame) {
-        self.pre.run(frame, &mut self.input);
+        self.pre.fill(frame, self.engine.input_buffer());
     }
 
     pub fn infer(&mut self, out: &mut Vec<Pose>) -> Result<(), InferError> {
-        self.engine.run(&self.shape, Input::I32(&self.input), &mut self.outputs)?;
+        self.engine.run(&mut self.outputs)?;
         decode(&self.outputs[0], &self.pre.letterbox, self.threshold, out);
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! with no allocation. Sampling tables are computed once per (frame size, input size).
 
 use super::letterbox::Letterbox;
+use super::InputMut;
 use crate::capture::Frame;
 
 /// An element of a model input tensor.
@@ -71,6 +72,14 @@ impl Preprocessor {
     /// Number of elements of the NHWC input.
     pub fn input_len(&self) -> usize {
         self.letterbox.dst_w as usize * self.letterbox.dst_h as usize * 3
+    }
+
+    /// Writes `frame` into an engine's input buffer, whatever its element type.
+    pub fn fill(&self, frame: &Frame, input: InputMut<'_>) {
+        match input {
+            InputMut::F32(b) => self.run(frame, b),
+            InputMut::I32(b) => self.run(frame, b),
+        }
     }
 
     /// Writes `frame` as RGB 0..255 into `out` (NHWC, batch 1).

@@ -6,13 +6,21 @@ use std::path::Path;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use super::{DType, Engine, InferError, Input, TensorSpec};
+use super::{DType, Engine, InferError, InputMut, TensorSpec};
 use crate::config::Backend;
 
 pub struct TractEngine {
     state: TypedSimpleState,
     input: TensorSpec,
     outputs: Vec<TensorSpec>,
+    shape: Vec<usize>,
+    buffer: Buffer,
+}
+
+/// tract takes ownership of its input tensors, so the input lives here between runs.
+enum Buffer {
+    F32(Vec<f32>),
+    I32(Vec<i32>),
 }
 
 fn to_dtype(dt: DatumType) -> DType {
@@ -95,7 +103,12 @@ impl TractEngine {
             .map_err(err)?;
         let plan = typed.into_runnable().map_err(err)?;
         let state = TypedSimpleState::new(&plan).map_err(err)?;
-        Ok(Self { state, input, outputs })
+        let len = shape.iter().product();
+        let buffer = match dtype {
+            DType::I32 => Buffer::I32(vec![0; len]),
+            _ => Buffer::F32(vec![0.0; len]),
+        };
+        Ok(Self { state, input, outputs, shape: shape.to_vec(), buffer })
     }
 }
 
@@ -110,11 +123,18 @@ impl Engine for TractEngine {
         &self.outputs
     }
 
-    fn run(&mut self, shape: &[usize], input: Input<'_>, out: &mut [Vec<f32>]) -> Result<(), InferError> {
+    fn input_buffer(&mut self) -> InputMut<'_> {
+        match &mut self.buffer {
+            Buffer::F32(v) => InputMut::F32(v),
+            Buffer::I32(v) => InputMut::I32(v),
+        }
+    }
+
+    fn run(&mut self, out: &mut [Vec<f32>]) -> Result<(), InferError> {
         let run_err = |e: TractError| InferError::Run(format!("{e:#}"));
-        let tensor = match input {
-            Input::F32(d) => Tensor::from_shape(shape, d),
-            Input::I32(d) => Tensor::from_shape(shape, d),
+        let tensor = match &self.buffer {
+            Buffer::F32(d) => Tensor::from_shape(&self.shape, d),
+            Buffer::I32(d) => Tensor::from_shape(&self.shape, d),
         }
         .map_err(run_err)?;
         let result = self.state.run(tvec!(tensor.into())).map_err(run_err)?;

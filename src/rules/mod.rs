@@ -44,6 +44,10 @@ pub struct Scene<'a> {
 pub enum RuleKind {
     ZoneIncursion,
     PlayerDown,
+    /// No fresh frame from the camera.
+    CameraBlind,
+    /// Frames arrive but the loop decides none.
+    LoopStalled,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -77,6 +81,8 @@ pub struct Alert {
 
 pub struct RuleSet {
     meta: Vec<RuleMeta>,
+    camera_blind: usize,
+    loop_stalled: usize,
     zones: Vec<zone::ZoneRule>,
     downs: Vec<player_down::PlayerDownRule>,
 }
@@ -109,11 +115,41 @@ impl RuleSet {
                 outputs: out_index(&r.outputs),
             });
         }
-        Ok(Self { meta, zones, downs })
+        // The loop's own alarms: to the configured alarm outputs, else to every output.
+        let alarm_outputs = if board.frame_loop.alarm_outputs.is_empty() {
+            (0..board.outputs.len()).collect()
+        } else {
+            out_index(&board.frame_loop.alarm_outputs)
+        };
+        let camera_blind = meta.len();
+        meta.push(RuleMeta {
+            name: "camera-blind".into(),
+            kind: RuleKind::CameraBlind,
+            severity: Severity::Critical,
+            outputs: alarm_outputs.clone(),
+        });
+        let loop_stalled = meta.len();
+        meta.push(RuleMeta {
+            name: "loop-stalled".into(),
+            kind: RuleKind::LoopStalled,
+            severity: Severity::Critical,
+            outputs: alarm_outputs,
+        });
+        Ok(Self { meta, camera_blind, loop_stalled, zones, downs })
     }
 
     pub fn meta(&self, rule: usize) -> &RuleMeta {
         &self.meta[rule]
+    }
+
+    /// Every rule's metadata, indexed by [`Alert::rule`].
+    pub fn metas(&self) -> &[RuleMeta] {
+        &self.meta
+    }
+
+    /// Indexes of the loop's own alarms: (camera blind, loop stalled).
+    pub fn alarms(&self) -> (usize, usize) {
+        (self.camera_blind, self.loop_stalled)
     }
 
     pub fn needs_pose(&self) -> bool {

@@ -2,6 +2,8 @@
 //!
 //! Samples go into buffers sized once; percentiles are computed only when asked.
 
+pub mod alloc;
+
 use std::time::Duration;
 
 use serde::Serialize;
@@ -10,6 +12,8 @@ use serde::Serialize;
 /// count, mean and max over the whole run.
 pub struct StageStats {
     name: &'static str,
+    budget: Option<Duration>,
+    overruns: u64,
     samples: Vec<u32>,
     next: usize,
     count: u64,
@@ -21,10 +25,27 @@ const CAP: usize = 1 << 16;
 
 impl StageStats {
     pub fn new(name: &'static str) -> Self {
-        Self { name, samples: Vec::with_capacity(CAP), next: 0, count: 0, sum_us: 0, max_us: 0 }
+        Self::with_budget(name, None)
+    }
+
+    /// Stats that also count samples over `budget` as overruns.
+    pub fn with_budget(name: &'static str, budget: Option<Duration>) -> Self {
+        Self {
+            name,
+            budget,
+            overruns: 0,
+            samples: Vec::with_capacity(CAP),
+            next: 0,
+            count: 0,
+            sum_us: 0,
+            max_us: 0,
+        }
     }
 
     pub fn record(&mut self, d: Duration) {
+        if self.budget.is_some_and(|b| d > b) {
+            self.overruns += 1;
+        }
         let us = d.as_micros().min(u32::MAX as u128) as u32;
         if self.samples.len() < CAP {
             self.samples.push(us);
@@ -54,6 +75,7 @@ impl StageStats {
             p50_us: pct(50.0),
             p99_us: pct(99.0),
             max_us: self.max_us,
+            overruns: self.overruns,
         }
     }
 }
@@ -66,6 +88,8 @@ pub struct StageSummary {
     pub p50_us: u32,
     pub p99_us: u32,
     pub max_us: u32,
+    /// Samples over the stage's budget (0 when it has none).
+    pub overruns: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -88,6 +112,17 @@ pub struct Summary {
     pub alerts_cleared: u64,
     /// Events the recorder could not take in time (the loop never waits for it).
     pub events_dropped: u64,
+    /// Alerts the output stage could not take in time.
+    pub alerts_dropped: u64,
+    /// Decided frames whose decision came after capture + budget.
+    pub deadline_misses: u64,
+    pub budget_ms: f64,
+    pub ladder_changes: u64,
+    pub final_level: usize,
+    /// Heap allocations per decided frame on the decision thread after warm-up (`None` when
+    /// the counting allocator is not installed).
+    pub allocs_per_frame: Option<f64>,
+    pub peak_rss_mb: f64,
     pub stages: Vec<StageSummary>,
     pub audio: Option<AudioSummary>,
 }
@@ -105,8 +140,18 @@ impl Summary {
             self.alerts_raised,
             self.alerts_cleared
         );
-        if self.events_dropped > 0 {
-            s.push_str(&format!("; {} events dropped", self.events_dropped));
+        s.push_str(&format!(
+            "\ndeadline {:.1} ms: {} missed; degradation level {} ({} changes); peak RSS {:.0} MB",
+            self.budget_ms, self.deadline_misses, self.final_level, self.ladder_changes, self.peak_rss_mb
+        ));
+        if let Some(a) = self.allocs_per_frame {
+            s.push_str(&format!("; {a:.2} allocations per frame"));
+        }
+        if self.events_dropped + self.alerts_dropped > 0 {
+            s.push_str(&format!(
+                "; {} events and {} alerts dropped",
+                self.events_dropped, self.alerts_dropped
+            ));
         }
         if let Some(a) = &self.audio {
             s.push_str(&format!(
@@ -115,20 +160,32 @@ impl Summary {
             ));
         }
         s.push_str(&format!(
-            "\n{:<12} {:>8} {:>10} {:>10} {:>10}",
-            "stage", "count", "mean ms", "p99 ms", "max ms"
+            "\n{:<14} {:>8} {:>10} {:>10} {:>10} {:>9}",
+            "stage", "count", "mean ms", "p99 ms", "max ms", "overruns"
         ));
         for st in &self.stages {
             s.push_str(&format!(
-                "\n{:<12} {:>8} {:>10.2} {:>10.2} {:>10.2}",
+                "\n{:<14} {:>8} {:>10.3} {:>10.3} {:>10.3} {:>9}",
                 st.stage,
                 st.count,
                 st.mean_us as f64 / 1000.0,
                 st.p99_us as f64 / 1000.0,
-                st.max_us as f64 / 1000.0
+                st.max_us as f64 / 1000.0,
+                st.overruns
             ));
         }
         s
+    }
+}
+
+/// Peak resident set size of this process, in MB.
+pub fn peak_rss_mb() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
+        ru.ru_maxrss as f64 / 1024.0
+    } else {
+        0.0
     }
 }
 
@@ -144,5 +201,10 @@ mod tests {
         }
         let m = s.summary();
         assert_eq!((m.count, m.mean_us, m.p50_us, m.p99_us, m.max_us), (100, 50, 51, 99, 100));
+        let mut s = StageStats::with_budget("y", Some(Duration::from_micros(90)));
+        for i in 1..=100u64 {
+            s.record(Duration::from_micros(i));
+        }
+        assert_eq!(s.summary().overruns, 10);
     }
 }

@@ -1,0 +1,370 @@
+//! The per-frame loop, top to bottom.
+//!
+//! ```text
+//! camera thread --(latest-frame slot)--> decision loop --(bounded)--> output thread --> outputs
+//!                                          | plan (ladder) -> preprocess -> detect -> pose
+//!                                          | track -> rules -> hand alerts to the outputs
+//!                                          '--(bounded)--> recorder thread (events, store, uplink)
+//! supervisor thread: camera-blind / loop-stalled alarms, heartbeat
+//! microphone thread: audio chunks on the same clock
+//! ```
+//!
+//! Each frame has a deadline: capture time + budget. The loop never queues frames: the camera
+//! overwrites a stale frame in the slot (see [`crate::capture::slot`]). When decisions come late,
+//! the degradation ladder gives up pose work or frames, never rules or outputs. Buffers are
+//! allocated here, before the first frame; steady state allocates nothing on this thread.
+//! Errors end the run: systemd restarts the service.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use super::ladder::{Change, Ladder};
+use super::output::{AlertMsg, OutputMsg, OutputStage};
+use super::perception::Perception;
+use super::realtime;
+use super::supervisor::{Health, Supervisor};
+use super::RunOptions;
+use crate::alert::AlertOutput;
+use crate::audio::{AudioChunk, AudioSource};
+use crate::capture::slot::{FrameSlot, Put, SlotMode};
+use crate::capture::{Frame, FrameSource};
+use crate::clock::MonoTime;
+use crate::config::{FrameLoop, Realtime};
+use crate::event::Event;
+use crate::geometry::BBox;
+use crate::infer::coco;
+use crate::infer::detector::Detection;
+use crate::infer::pose::Pose;
+use crate::recorder::Recorder;
+use crate::rules::{Alert, RuleSet, Scene, Tracked, TrackedPose};
+use crate::telemetry::{alloc, AudioSummary, StageStats, Summary};
+use crate::track::{Tracker, TrackerConfig};
+
+/// Everything the loop runs with, opened and validated beforehand.
+pub struct Parts {
+    pub camera: Box<dyn FrameSource>,
+    pub microphone: Option<Box<dyn AudioSource>>,
+    pub perception: Box<dyn Perception>,
+    pub rules: RuleSet,
+    pub outputs: Vec<Box<dyn AlertOutput>>,
+    /// Index of the heartbeat output.
+    pub heartbeat: Option<usize>,
+    pub recorder: Recorder,
+    pub ladder: Ladder,
+    pub cfg: FrameLoop,
+}
+
+/// Frame buffers in circulation: one being filled, one in the slot, one in the loop.
+const FRAME_BUFFERS: usize = 3;
+/// How often the loop reports a status line.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// Frames before allocation counting starts (first-use growth of buffers is fine).
+const WARMUP_FRAMES: u64 = 50;
+
+pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow::Result<Summary> {
+    let Parts {
+        camera,
+        microphone,
+        mut perception,
+        mut rules,
+        outputs,
+        heartbeat,
+        recorder,
+        mut ladder,
+        cfg,
+    } = parts;
+    let info = camera.info();
+    let budget = ladder.budget();
+    let ms = |v: Option<f32>| v.map(|ms| Duration::from_secs_f64(ms as f64 / 1000.0));
+
+    // ---- threads around the loop.
+    if cfg.realtime.as_ref().is_some_and(|rt| rt.mlock) {
+        realtime::lock_memory();
+    }
+    let events = recorder.sender();
+    let (output_stage, out) =
+        OutputStage::spawn(outputs, heartbeat, rules.metas().to_vec(), recorder.sender())?;
+    let health = Arc::new(Health::new(MonoTime::now()));
+    let supervisor =
+        Supervisor::spawn(&cfg, health.clone(), rules.alarms(), heartbeat.is_some(), out.clone())?;
+    let slot = Arc::new(FrameSlot::new(if opts.pace { SlotMode::Latest } else { SlotMode::Lossless }));
+    let (free_tx, free_rx) = mpsc::sync_channel::<Frame>(FRAME_BUFFERS);
+    for _ in 0..FRAME_BUFFERS {
+        free_tx.send(Frame::new(info.width, info.height, info.format))?;
+    }
+    let camera_thread =
+        spawn_camera(camera, slot.clone(), free_rx, health.clone(), cfg.realtime.clone(), stop)?;
+    let audio_done = Arc::new(AtomicBool::new(false));
+    let audio_thread = microphone.map(|m| spawn_microphone(m, stop, audio_done.clone())).transpose()?;
+    if let Some(rt) = &cfg.realtime {
+        realtime::apply_to_current_thread(rt, "decision loop");
+    }
+
+    // ---- buffers for the loop, sized once.
+    let mut dets: Vec<Detection> = Vec::with_capacity(128);
+    let mut poses: Vec<Pose> = Vec::with_capacity(8);
+    let mut class_trackers: Vec<(u16, Tracker, Vec<BBox>)> = perception
+        .classes()
+        .iter()
+        .map(|&id| (id, Tracker::new(TrackerConfig::default()), Vec::with_capacity(128)))
+        .collect();
+    let mut pose_tracker = Tracker::new(TrackerConfig::default());
+    let mut pose_boxes: Vec<BBox> = Vec::with_capacity(8);
+    let mut ids: Vec<u32> = Vec::with_capacity(128);
+    let mut objects: Vec<Tracked> = Vec::with_capacity(128);
+    let mut tracked_poses: Vec<TrackedPose> = Vec::with_capacity(8);
+    let mut alerts: Vec<Alert> = Vec::with_capacity(16);
+    let b = &cfg.stage_budget_ms;
+    let mut st_wait = StageStats::new("queue");
+    let mut st_pre = StageStats::with_budget("preprocess", ms(b.preprocess));
+    let mut st_detect = StageStats::with_budget("detect", ms(b.detect));
+    let mut st_pose = StageStats::with_budget("pose", ms(b.pose));
+    let mut st_rules = StageStats::with_budget("track+rules", ms(b.rules));
+    let mut st_out = StageStats::with_budget("output", ms(b.output));
+    let mut st_total = StageStats::with_budget("frame->out", Some(budget));
+    let mut summary = Summary { budget_ms: budget.as_secs_f64() * 1000.0, ..Summary::default() };
+    let mut next_seq = 0u64;
+    let mut counted_allocs = 0u64;
+    let mut counted_frames = 0u64;
+    let started = MonoTime::now();
+    let mut last_status = started;
+
+    // ---- the loop.
+    let result: anyhow::Result<()> = (|| {
+        while let Some(frame) = slot.take() {
+            let t0 = MonoTime::now();
+            let allocs_before = alloc::thread_allocs();
+            // The deadline runs from capture; a clip read ahead of time counts from arrival.
+            let start = frame.ts.min(frame.arrived);
+            summary.dropped_frames += frame.seq.saturating_sub(next_seq);
+            next_seq = frame.seq + 1;
+
+            // 1. plan: what this frame gets at the current degradation level.
+            let plan = ladder.plan();
+            if !plan.decide {
+                summary.dropped_frames += 1;
+                let _ = free_tx.send(frame);
+                continue;
+            }
+            st_wait.record(t0.since(frame.arrived));
+            let (seq, ts, arrived) = (frame.seq, frame.ts, frame.arrived);
+
+            // 2. preprocess, then the buffer goes straight back to the camera.
+            perception.prepare(&frame, &plan);
+            let _ = free_tx.send(frame);
+            let t1 = MonoTime::now();
+            st_pre.record(t1.since(t0));
+
+            // 3. detect
+            dets.clear();
+            perception.detect(&mut dets).with_context(|| format!("detector on frame {seq}"))?;
+            let t2 = MonoTime::now();
+            st_detect.record(t2.since(t1));
+
+            // 4. pose, when the plan has it.
+            poses.clear();
+            if plan.run_pose {
+                perception.pose(&plan, &mut poses).with_context(|| format!("pose model on frame {seq}"))?;
+            }
+            let t3 = MonoTime::now();
+            if plan.run_pose {
+                st_pose.record(t3.since(t2));
+            }
+
+            // 5. track: one tracker per class, one for poses.
+            objects.clear();
+            for (class, tracker, boxes) in &mut class_trackers {
+                boxes.clear();
+                boxes.extend(dets.iter().filter(|d| d.class == *class).map(|d| d.bbox));
+                tracker.update(boxes, &mut ids);
+                let of_class = dets.iter().filter(|d| d.class == *class);
+                objects.extend(of_class.zip(&ids).map(|(d, &track)| Tracked {
+                    track,
+                    class: d.class,
+                    score: d.score,
+                    bbox: d.bbox,
+                }));
+            }
+            tracked_poses.clear();
+            if plan.run_pose {
+                pose_boxes.clear();
+                pose_boxes.extend(poses.iter().map(|p| p.bbox));
+                pose_tracker.update(&pose_boxes, &mut ids);
+                tracked_poses
+                    .extend(poses.iter().zip(&ids).map(|(p, &track)| TrackedPose { track, pose: *p }));
+            }
+
+            // 6. rules: every decided frame, at every level.
+            alerts.clear();
+            let poses_seen = plan.run_pose.then_some(&tracked_poses[..]);
+            rules.evaluate(&Scene { seq, ts, objects: &objects, poses: poses_seen }, &mut alerts);
+            let t4 = MonoTime::now();
+            st_rules.record(t4.since(t3));
+
+            // 7. outputs: hand each alert to the output thread, which drives the lines.
+            for &alert in &alerts {
+                out.send(OutputMsg::Alert(AlertMsg { alert, frame: seq, capture: ts, arrived, decided: t4 }));
+            }
+            let done = MonoTime::now();
+            st_out.record(done.since(t4));
+
+            // 8. deadline: health for the supervisor, then the ladder.
+            let age = done.since(start);
+            let missed = age > budget;
+            st_total.record(age);
+            summary.deadline_misses += missed as u64;
+            health.frame_decided(seq, done, !missed);
+            if let Some(change) = ladder.record(age) {
+                summary.ladder_changes += 1;
+                let (from, to, direction) = match change {
+                    Change::Down { from, to } => (from, to, "down"),
+                    Change::Up { from, to } => (from, to, "up"),
+                };
+                events.send(Event::Ladder { frame: seq, from, to, direction });
+            }
+
+            // 9. report: the recorder thread serialises and writes.
+            for o in &objects {
+                events.send(Event::Detection {
+                    frame: seq,
+                    capture_us: ts.as_micros(),
+                    class: coco::class_name(o.class),
+                    score: (o.score * 1000.0).round() / 1000.0,
+                    bbox: o.bbox,
+                    track: o.track,
+                });
+            }
+            if opts.frame_events {
+                events.send(Event::Frame {
+                    frame: seq,
+                    capture_us: ts.as_micros(),
+                    taken_age_us: t0.since(start).as_micros() as u64,
+                    age_us: age.as_micros() as u64,
+                    level: plan.level,
+                    pose: plan.run_pose,
+                    missed,
+                });
+            }
+            summary.detections += objects.len() as u64;
+            summary.frames += 1;
+            if done.since(last_status) >= STATUS_EVERY {
+                last_status = done;
+                let people = objects.iter().filter(|o| o.class == coco::PERSON).count();
+                let balls = objects.len() - people;
+                events.send(Event::Status { frame: seq, people, balls, level: ladder.level() });
+            }
+            if summary.frames > WARMUP_FRAMES {
+                counted_allocs += alloc::thread_allocs() - allocs_before;
+                counted_frames += 1;
+            }
+            if opts.max_frames.is_some_and(|n| summary.frames >= n) || stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        Ok(())
+    })();
+
+    // ---- shutdown: stop the sources, drain the stages, write the summary.
+    slot.close();
+    audio_done.store(true, Ordering::Relaxed);
+    let camera_result = camera_thread.join().map_err(|_| anyhow::anyhow!("camera thread panicked"))?;
+    let audio = match audio_thread {
+        Some(h) => Some(h.join().map_err(|_| anyhow::anyhow!("microphone thread panicked"))??),
+        None => None,
+    };
+    supervisor.finish();
+    summary.alerts_dropped = out.dropped();
+    drop(out);
+    let report = output_stage.finish()?;
+    let seconds = MonoTime::now().since(started).as_secs_f64();
+    summary.seconds = seconds;
+    summary.fps = if seconds > 0.0 { summary.frames as f64 / seconds } else { 0.0 };
+    summary.alerts_raised = report.raised;
+    summary.alerts_cleared = report.cleared;
+    summary.events_dropped = events.dropped();
+    summary.final_level = ladder.level();
+    summary.allocs_per_frame =
+        (alloc::installed() && counted_frames > 0).then(|| counted_allocs as f64 / counted_frames as f64);
+    summary.peak_rss_mb = crate::telemetry::peak_rss_mb();
+    summary.stages = vec![st_wait.summary(), st_pre.summary(), st_detect.summary()];
+    if st_pose.summary().count > 0 {
+        summary.stages.push(st_pose.summary());
+    }
+    summary.stages.extend([st_rules.summary(), st_out.summary(), st_total.summary()]);
+    summary.stages.extend(report.latency);
+    summary.audio = audio;
+    drop(events);
+    let recorded = recorder.finish(Event::Summary(summary.clone()));
+    result?;
+    camera_result?;
+    recorded?;
+    if summary.frames == 0 {
+        bail!("the camera delivered no frames");
+    }
+    Ok(summary)
+}
+
+fn spawn_camera(
+    mut camera: Box<dyn FrameSource>,
+    slot: Arc<FrameSlot>,
+    free: Receiver<Frame>,
+    health: Arc<Health>,
+    realtime: Option<Realtime>,
+    stop: &'static AtomicBool,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let handle = std::thread::Builder::new().name("camera".into()).spawn(move || {
+        if let Some(rt) = &realtime {
+            realtime::apply_to_current_thread(rt, "camera");
+        }
+        let mut spare: Option<Frame> = None;
+        let result = loop {
+            if stop.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+            let Some(mut frame) = spare.take().or_else(|| free.recv().ok()) else {
+                break Ok(()); // the loop is gone
+            };
+            match camera.next_frame(&mut frame) {
+                Ok(true) => health.frame_arrived(frame.arrived),
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(anyhow::Error::new(e).context("camera")),
+            }
+            match slot.put(frame) {
+                Put::Stored => {}
+                Put::Replaced(stale) => spare = Some(stale),
+                Put::Closed(_) => break Ok(()),
+            }
+        };
+        slot.close();
+        result
+    })?;
+    Ok(handle)
+}
+
+fn spawn_microphone(
+    mut mic: Box<dyn AudioSource>,
+    stop: &'static AtomicBool,
+    done: Arc<AtomicBool>,
+) -> anyhow::Result<JoinHandle<anyhow::Result<AudioSummary>>> {
+    let handle = std::thread::Builder::new().name("microphone".into()).spawn(move || {
+        let mut chunk = AudioChunk::default();
+        let mut s = AudioSummary { peak_dbfs: f32::NEG_INFINITY, ..Default::default() };
+        let mut samples = 0u64;
+        while !stop.load(Ordering::Relaxed) && !done.load(Ordering::Relaxed) {
+            if !mic.next_chunk(&mut chunk)? {
+                break;
+            }
+            s.chunks += 1;
+            samples += chunk.samples.len() as u64;
+            s.peak_dbfs = s.peak_dbfs.max(chunk.level_dbfs());
+        }
+        s.seconds = samples as f64 / mic.sample_rate() as f64;
+        Ok(s)
+    })?;
+    Ok(handle)
+}

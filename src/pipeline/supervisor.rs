@@ -1,0 +1,140 @@
+//! The supervisor: a thread that watches the camera and the decision loop from outside.
+//!
+//! It raises the camera-blind alarm when no fresh frame arrives for `blind_after_ms`, the
+//! loop-stalled alarm when frames arrive but none is decided for `stall_after_ms`, and clears
+//! them on recovery. It toggles the heartbeat output only while the loop is deciding frames on
+//! time; otherwise it holds the line low, so external hardware sees a stall even if this
+//! process cannot say anything else.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::output::{AlertMsg, OutputMsg, OutputTx};
+use crate::clock::MonoTime;
+use crate::config::FrameLoop;
+use crate::geometry::Point;
+use crate::rules::{Alert, AlertState};
+
+/// What the camera and the loop tell the supervisor, lock-free.
+#[derive(Debug)]
+pub struct Health {
+    last_arrival: AtomicU64,
+    last_decided: AtomicU64,
+    last_met: AtomicBool,
+    last_frame: AtomicU64,
+}
+
+impl Health {
+    pub fn new(now: MonoTime) -> Self {
+        Self {
+            last_arrival: AtomicU64::new(now.as_nanos()),
+            last_decided: AtomicU64::new(now.as_nanos()),
+            last_met: AtomicBool::new(true),
+            last_frame: AtomicU64::new(0),
+        }
+    }
+
+    /// The camera delivered a frame.
+    pub fn frame_arrived(&self, at: MonoTime) {
+        self.last_arrival.store(at.as_nanos(), Ordering::Release);
+    }
+
+    /// The loop decided a frame; `met` says whether it met its deadline.
+    pub fn frame_decided(&self, frame: u64, at: MonoTime, met: bool) {
+        self.last_frame.store(frame, Ordering::Relaxed);
+        self.last_met.store(met, Ordering::Relaxed);
+        self.last_decided.store(at.as_nanos(), Ordering::Release);
+    }
+
+    fn since(v: &AtomicU64, now: MonoTime) -> Duration {
+        now.since(MonoTime::from_nanos(v.load(Ordering::Acquire)))
+    }
+}
+
+pub struct Supervisor {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+struct Alarm {
+    rule: usize,
+    active: bool,
+}
+
+impl Alarm {
+    /// Sends a raise or clear when the condition changes.
+    fn update(&mut self, bad: bool, frame: u64, now: MonoTime, out: &OutputTx) {
+        if bad == self.active {
+            return;
+        }
+        self.active = bad;
+        let state = if bad { AlertState::Raised } else { AlertState::Cleared };
+        out.send(OutputMsg::Alert(AlertMsg {
+            alert: Alert { rule: self.rule, state, track: 0, at: Point::default() },
+            frame,
+            capture: now,
+            arrived: now,
+            decided: now,
+        }));
+    }
+}
+
+impl Supervisor {
+    pub fn spawn(
+        cfg: &FrameLoop,
+        health: Arc<Health>,
+        alarms: (usize, usize),
+        heartbeat: bool,
+        out: OutputTx,
+    ) -> anyhow::Result<Self> {
+        let blind_after = Duration::from_millis(cfg.blind_after_ms as u64);
+        let stall_after = Duration::from_millis(cfg.stall_after_ms as u64);
+        let period = Duration::from_millis(cfg.heartbeat_ms as u64);
+        // Check often enough to raise an alarm well within its configured time.
+        let tick = period.min(blind_after / 4).min(stall_after / 4).max(Duration::from_millis(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("supervisor".into())
+            .spawn(move || {
+                let mut blind = Alarm { rule: alarms.0, active: false };
+                let mut stalled = Alarm { rule: alarms.1, active: false };
+                let mut level = false;
+                let mut next_beat = MonoTime::now();
+                while !stop2.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    let now = MonoTime::now();
+                    let frame = health.last_frame.load(Ordering::Relaxed);
+                    let camera_ok = Health::since(&health.last_arrival, now) <= blind_after;
+                    // A blind camera leaves nothing to decide: that is not a stalled loop.
+                    let loop_ok = !camera_ok || Health::since(&health.last_decided, now) <= stall_after;
+                    blind.update(!camera_ok, frame, now, &out);
+                    stalled.update(!loop_ok, frame, now, &out);
+                    if heartbeat && now >= next_beat {
+                        next_beat = now.plus(period);
+                        let healthy = camera_ok
+                            && Health::since(&health.last_decided, now) <= period.max(stall_after / 4)
+                            && health.last_met.load(Ordering::Relaxed);
+                        if healthy {
+                            level = !level;
+                            out.send(OutputMsg::Heartbeat(level));
+                        } else if level {
+                            level = false;
+                            out.send(OutputMsg::Heartbeat(false));
+                        }
+                    }
+                }
+            })
+            .context("starting the supervisor thread")?;
+        Ok(Self { stop, handle })
+    }
+
+    pub fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.handle.join();
+    }
+}
