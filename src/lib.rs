@@ -7,6 +7,7 @@
 
 pub mod alert;
 pub mod audio;
+pub mod bench;
 pub mod capture;
 pub mod check;
 pub mod clock;

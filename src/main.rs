@@ -46,6 +46,20 @@ enum Command {
         #[arg(long)]
         frame_events: bool,
     },
+    /// Measure inference and loop speed, latency and memory on a board's clip.
+    Bench {
+        #[arg(long)]
+        board: PathBuf,
+        /// Frames to run through each measurement.
+        #[arg(long, default_value_t = 795)]
+        frames: u64,
+        /// Camera rate for the latency run (default: the camera's own).
+        #[arg(long)]
+        pace_fps: Option<f64>,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Validate a board profile and everything it points to.
     Check {
         #[arg(long)]
@@ -106,6 +120,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let summary = pipeline::run(&profile, &opts, &STOP)
                 .with_context(|| format!("running {}", board.display()))?;
             eprintln!("{}", summary.render());
+            Ok(())
+        }
+        Command::Bench { board, frames, pace_fps, json } => {
+            let profile = Board::load(&board)?;
+            install_signal_handlers();
+            let opts = sideline::bench::BenchOptions { frames, pace_fps, json };
+            let report = sideline::bench::run(&profile, &board.display().to_string(), &opts, &STOP)
+                .with_context(|| format!("benchmarking {}", board.display()))?;
+            print!("{}", report.render());
             Ok(())
         }
         Command::Check { board } => {

@@ -112,8 +112,11 @@ fn record(
         // Write everything queued, then flush once: events reach a reader promptly.
         while let Some(ev) = next {
             line.clear();
-            serde_json::to_writer(&mut line, &ev)?;
-            line.push(b'\n');
+            // Serialise only what goes somewhere: every event to an events file, alerts always.
+            if out.is_some() || matches!(ev, Event::Alert(_)) {
+                serde_json::to_writer(&mut line, &ev)?;
+                line.push(b'\n');
+            }
             if let Some(w) = out.as_mut() {
                 if let Err(e) = w.write_all(&line) {
                     first_err.get_or_insert(anyhow::Error::new(e).context("writing events"));

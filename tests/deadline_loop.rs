@@ -82,6 +82,9 @@ impl Perception for SlowModel {
     fn classes(&self) -> &[u16] {
         &[0]
     }
+    fn has_pose(&self) -> bool {
+        true
+    }
     fn prepare(&mut self, frame: &Frame, _plan: &FramePlan) {
         self.seq = frame.seq;
         self.taken.lock().unwrap().push((frame.seq, self.latest.load(Ordering::SeqCst)));

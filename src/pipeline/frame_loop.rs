@@ -120,6 +120,8 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     let mut tracked_poses: Vec<TrackedPose> = Vec::with_capacity(8);
     let mut alerts: Vec<Alert> = Vec::with_capacity(16);
     let b = &cfg.stage_budget_ms;
+    let has_pose = perception.has_pose();
+    let mut st_idle = StageStats::new("idle");
     let mut st_wait = StageStats::new("queue");
     let mut st_pre = StageStats::with_budget("preprocess", ms(b.preprocess));
     let mut st_detect = StageStats::with_budget("detect", ms(b.detect));
@@ -136,8 +138,10 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
 
     // ---- the loop.
     let result: anyhow::Result<()> = (|| {
+        let mut idle_from = MonoTime::now();
         while let Some(frame) = slot.take() {
             let t0 = MonoTime::now();
+            st_idle.record(t0.since(idle_from));
             let allocs_before = alloc::thread_allocs();
             // The deadline runs from capture; a clip read ahead of time counts from arrival.
             let start = frame.ts.min(frame.arrived);
@@ -145,7 +149,8 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
             next_seq = frame.seq + 1;
 
             // 1. plan: what this frame gets at the current degradation level.
-            let plan = ladder.plan();
+            let mut plan = ladder.plan();
+            plan.run_pose &= has_pose;
             if !plan.decide {
                 summary.dropped_frames += 1;
                 let _ = free_tx.send(frame);
@@ -265,11 +270,13 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
             if opts.max_frames.is_some_and(|n| summary.frames >= n) || stop.load(Ordering::Relaxed) {
                 break;
             }
+            idle_from = MonoTime::now();
         }
         Ok(())
     })();
 
     // ---- shutdown: stop the sources, drain the stages, write the summary.
+    let seconds = MonoTime::now().since(started).as_secs_f64();
     slot.close();
     audio_done.store(true, Ordering::Relaxed);
     let camera_result = camera_thread.join().map_err(|_| anyhow::anyhow!("camera thread panicked"))?;
@@ -281,7 +288,6 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     summary.alerts_dropped = out.dropped();
     drop(out);
     let report = output_stage.finish()?;
-    let seconds = MonoTime::now().since(started).as_secs_f64();
     summary.seconds = seconds;
     summary.fps = if seconds > 0.0 { summary.frames as f64 / seconds } else { 0.0 };
     summary.alerts_raised = report.raised;
@@ -291,7 +297,7 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     summary.allocs_per_frame =
         (alloc::installed() && counted_frames > 0).then(|| counted_allocs as f64 / counted_frames as f64);
     summary.peak_rss_mb = crate::telemetry::peak_rss_mb();
-    summary.stages = vec![st_wait.summary(), st_pre.summary(), st_detect.summary()];
+    summary.stages = vec![st_idle.summary(), st_wait.summary(), st_pre.summary(), st_detect.summary()];
     if st_pose.summary().count > 0 {
         summary.stages.push(st_pose.summary());
     }

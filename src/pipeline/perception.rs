@@ -13,6 +13,8 @@ use crate::infer::pose::{Pose, PoseEstimator};
 pub trait Perception: Send {
     /// COCO classes the detector reports.
     fn classes(&self) -> &[u16];
+    /// Whether there is a pose stage at all.
+    fn has_pose(&self) -> bool;
     /// Converts the frame into the model inputs this plan needs. Runs while the loop still holds
     /// the frame buffer; everything after works on the converted inputs.
     fn prepare(&mut self, frame: &Frame, plan: &FramePlan);
@@ -57,15 +59,15 @@ impl Models {
         let classes = board.models.detector.classes.iter().filter_map(|c| coco::class_id(c)).collect();
         Ok(Self { classes, detector, pose })
     }
-
-    pub fn has_pose(&self) -> bool {
-        !self.pose.is_empty()
-    }
 }
 
 impl Perception for Models {
     fn classes(&self) -> &[u16] {
         &self.classes
+    }
+
+    fn has_pose(&self) -> bool {
+        !self.pose.is_empty()
     }
 
     fn prepare(&mut self, frame: &Frame, plan: &FramePlan) {

@@ -106,7 +106,7 @@ impl Supervisor {
                 let mut level = false;
                 let mut next_beat = MonoTime::now();
                 while !stop2.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
+                    std::thread::park_timeout(tick);
                     let now = MonoTime::now();
                     let frame = health.last_frame.load(Ordering::Relaxed);
                     let camera_ok = Health::since(&health.last_arrival, now) <= blind_after;
@@ -135,6 +135,7 @@ impl Supervisor {
 
     pub fn finish(self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.handle.thread().unpark();
         let _ = self.handle.join();
     }
 }

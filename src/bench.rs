@@ -1,0 +1,311 @@
+//! `sideline bench`: numbers for speed and memory, never pass/fail.
+//!
+//! Three measurements on the board's own clip and models: bare inference per model and backend
+//! (preprocessing untimed), the whole loop as fast as it goes (throughput), and the whole loop fed
+//! by a camera at a fixed rate (latency, drops, deadline misses, ladder changes). `bench/run`
+//! puts these next to the Python reference peer and prints the ratios.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::capture::{y4m::Y4mCamera, Frame, FrameSource};
+use crate::clock::MonoTime;
+use crate::config::{Backend, Board, CameraKind};
+use crate::infer::detector::Detector;
+use crate::infer::pose::PoseEstimator;
+use crate::pipeline::{self, RunOptions};
+use crate::telemetry::{StageStats, StageSummary, Summary};
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub frames: u64,
+    pub pace_fps: Option<f64>,
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Bare {
+    pub model: &'static str,
+    pub backend: Backend,
+    pub variant: &'static str,
+    pub input: [u32; 2],
+    pub frames: u64,
+    pub fps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Pipeline {
+    pub fps: f64,
+    pub frames: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub detections: u64,
+    pub alerts: u64,
+    pub allocs_per_frame: Option<f64>,
+    pub peak_rss_mb: f64,
+    pub stages: Vec<StageSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Paced {
+    pub fps_in: f64,
+    pub frames: u64,
+    pub processed: u64,
+    pub dropped: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub deadline_misses: u64,
+    pub budget_ms: f64,
+    pub ladder_changes: u64,
+    pub decision_to_output_p99_us: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub tool: &'static str,
+    pub board: String,
+    pub frames: u64,
+    pub threads: usize,
+    pub bare: Vec<Bare>,
+    pub pipeline: Pipeline,
+    pub paced: Paced,
+}
+
+fn ms(us: u32) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn frame_to_out(s: &Summary) -> StageSummary {
+    s.stages
+        .iter()
+        .find(|st| st.stage == "frame->out")
+        .cloned()
+        .unwrap_or_else(|| StageStats::new("").summary())
+}
+
+/// Runs `step` on each frame; `step` prepares the input untimed and returns the timed part.
+fn time_bare(
+    frames: &[Frame],
+    mut step: impl FnMut(&Frame) -> anyhow::Result<Duration>,
+) -> anyhow::Result<(f64, StageSummary)> {
+    let mut stats = StageStats::new("bare");
+    let mut total = Duration::ZERO;
+    for f in frames {
+        let d = step(f)?;
+        total += d;
+        stats.record(d);
+    }
+    Ok((frames.len() as f64 / total.as_secs_f64().max(1e-9), stats.summary()))
+}
+
+fn read_frames(board: &Board, n: u64) -> anyhow::Result<Vec<Frame>> {
+    let cam = board.cameras.first().context("the profile has no camera")?;
+    anyhow::ensure!(cam.kind == CameraKind::Sim, "bench needs a simulated camera (a clip)");
+    let mut clip = Y4mCamera::open(&cam.source, false, Some((cam.width, cam.height)))?;
+    let info = clip.info();
+    let mut out = Vec::new();
+    let mut f = Frame::new(info.width, info.height, info.format);
+    while (out.len() as u64) < n && clip.next_frame(&mut f)? {
+        out.push(f.clone());
+    }
+    Ok(out)
+}
+
+fn bare(board: &Board, n: u64) -> anyhow::Result<Vec<Bare>> {
+    let mut backends = vec![];
+    if cfg!(feature = "ort") {
+        backends.push((Backend::Ort, n.min(200)));
+    }
+    if cfg!(feature = "tract") {
+        backends.push((Backend::Tract, n.min(50)));
+    }
+    let clip = read_frames(board, n.min(200))?;
+    let (w, h) = (clip[0].width, clip[0].height);
+    let mut out = vec![];
+    for (backend, count) in backends {
+        let frames = &clip[..count as usize];
+        let mut cfg = board.models.detector.clone();
+        cfg.backend = backend;
+        let mut det = Detector::new(&cfg, w, h, &board.inference)?;
+        let mut dets = Vec::with_capacity(128);
+        let (fps, s) = time_bare(frames, |f| {
+            det.prepare(f);
+            dets.clear();
+            let t = MonoTime::now();
+            det.infer(&mut dets)?;
+            Ok(MonoTime::now().since(t))
+        })?;
+        out.push(Bare {
+            model: "detector",
+            backend,
+            variant: "fp32",
+            input: cfg.input,
+            frames: count,
+            fps,
+            p50_ms: ms(s.p50_us),
+            p99_ms: ms(s.p99_us),
+            max_ms: ms(s.max_us),
+        });
+        if let Some(p) = &board.models.pose {
+            let mut cfg = p.clone();
+            cfg.backend = backend;
+            let mut pose = PoseEstimator::new(&cfg, w, h, &board.inference)?;
+            let mut poses = Vec::with_capacity(8);
+            let (fps, s) = time_bare(frames, |f| {
+                pose.prepare(f);
+                poses.clear();
+                let t = MonoTime::now();
+                pose.infer(&mut poses)?;
+                Ok(MonoTime::now().since(t))
+            })?;
+            out.push(Bare {
+                model: "pose",
+                backend,
+                variant: "fp32",
+                input: cfg.input,
+                frames: count,
+                fps,
+                p50_ms: ms(s.p50_us),
+                p99_ms: ms(s.p99_us),
+                max_ms: ms(s.max_us),
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(
+    board: &Board,
+    board_path: &str,
+    opts: &BenchOptions,
+    stop: &'static AtomicBool,
+) -> anyhow::Result<Report> {
+    let bare = bare(board, opts.frames).context("bare inference")?;
+
+    let s =
+        pipeline::run(board, &RunOptions { max_frames: Some(opts.frames), ..RunOptions::default() }, stop)
+            .context("pipeline, unpaced")?;
+    let t = frame_to_out(&s);
+    let pipeline = Pipeline {
+        fps: s.fps,
+        frames: s.frames,
+        p50_ms: ms(t.p50_us),
+        p99_ms: ms(t.p99_us),
+        max_ms: ms(t.max_us),
+        detections: s.detections,
+        alerts: s.alerts_raised,
+        allocs_per_frame: s.allocs_per_frame,
+        peak_rss_mb: s.peak_rss_mb,
+        stages: s.stages.clone(),
+    };
+
+    let fps_in = opts.pace_fps.unwrap_or(board.cameras[0].fps);
+    let paced_opts = RunOptions {
+        max_frames: Some(opts.frames),
+        pace: true,
+        pace_fps: Some(fps_in),
+        ..RunOptions::default()
+    };
+    let p = pipeline::run(board, &paced_opts, stop).context("pipeline, paced")?;
+    let t = frame_to_out(&p);
+    let paced = Paced {
+        fps_in,
+        frames: p.frames + p.dropped_frames,
+        processed: p.frames,
+        dropped: p.dropped_frames,
+        p50_ms: ms(t.p50_us),
+        p99_ms: ms(t.p99_us),
+        max_ms: ms(t.max_us),
+        deadline_misses: p.deadline_misses,
+        budget_ms: p.budget_ms,
+        ladder_changes: p.ladder_changes,
+        decision_to_output_p99_us: p.stages.iter().find(|s| s.stage == "decide->out").map(|s| s.p99_us),
+    };
+    let report = Report {
+        tool: "sideline",
+        board: board_path.to_string(),
+        frames: opts.frames,
+        threads: crate::infer::thread_count(&board.inference),
+        bare,
+        pipeline,
+        paced,
+    };
+    if let Some(path) = &opts.json {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+impl Report {
+    pub fn render(&self) -> String {
+        let mut s =
+            format!("board {}, {} frames, {} inference threads\n", self.board, self.frames, self.threads);
+        s.push_str("bare inference (preprocessing not timed):\n");
+        for b in &self.bare {
+            s.push_str(&format!(
+                "  {:<9} {:<6} {} {}x{}: {:7.1} fps  p50 {:7.2} ms  p99 {:7.2} ms  max {:7.2} ms  ({} frames)\n",
+                b.model,
+                format!("{:?}", b.backend).to_lowercase(),
+                b.variant,
+                b.input[0],
+                b.input[1],
+                b.fps,
+                b.p50_ms,
+                b.p99_ms,
+                b.max_ms,
+                b.frames
+            ));
+        }
+        let p = &self.pipeline;
+        s.push_str(&format!(
+            "pipeline, as fast as it goes: {:.1} fps; frame->out p50 {:.2} ms p99 {:.2} ms; {} detections, {} alerts; \
+             allocations/frame {}; peak RSS {:.0} MB\n",
+            p.fps,
+            p.p50_ms,
+            p.p99_ms,
+            p.detections,
+            p.alerts,
+            p.allocs_per_frame.map_or("n/a".into(), |a| format!("{a:.2}")),
+            p.peak_rss_mb
+        ));
+        for st in &p.stages {
+            s.push_str(&format!(
+                "  {:<12} p50 {:8.3} ms  p99 {:8.3} ms  max {:8.3} ms\n",
+                st.stage,
+                ms(st.p50_us),
+                ms(st.p99_us),
+                ms(st.max_us)
+            ));
+        }
+        let q = &self.paced;
+        s.push_str(&format!(
+            "pipeline, camera at {:.0} fps: {} of {} frames decided ({} dropped stale); frame->out p50 {:.2} ms \
+             p99 {:.2} ms max {:.2} ms; {} deadline misses at {:.1} ms; {} ladder changes; decide->out p99 {}\n",
+            q.fps_in,
+            q.processed,
+            q.frames,
+            q.dropped,
+            q.p50_ms,
+            q.p99_ms,
+            q.max_ms,
+            q.deadline_misses,
+            q.budget_ms,
+            q.ladder_changes,
+            q.decision_to_output_p99_us.map_or("n/a".into(), |us| format!("{us} us"))
+        ));
+        s
+    }
+}
