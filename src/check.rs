@@ -59,6 +59,14 @@ pub fn check(board: &Board) -> anyhow::Result<String> {
     if let Some(p) = &board.models.pose {
         let pose = PoseEstimator::new(p, w, h, &board.inference).context("models.pose")?;
         report.push(describe("pose", &p.path, pose.engine()));
+        // The smaller pose inputs the ladder may switch to must load too.
+        for (i, level) in board.frame_loop.ladder.iter().enumerate() {
+            if let Some(input) = level.pose_input {
+                let cfg = crate::config::PoseModel { input, ..p.clone() };
+                PoseEstimator::new(&cfg, w, h, &board.inference)
+                    .with_context(|| format!("loop.ladder[{i}].pose_input {}x{}", input[0], input[1]))?;
+            }
+        }
     }
     crate::rules::RuleSet::new(board).context("rules")?;
     report.push(format!(
@@ -80,6 +88,20 @@ pub fn check(board: &Board) -> anyhow::Result<String> {
         };
         report.push(format!("output `{}`: {note}", o.name));
     }
+    let l = &board.frame_loop;
+    let fps = board.cameras.first().map_or(30.0, |c| c.fps);
+    report.push(format!(
+        "loop: deadline {:.1} ms after capture; ladder of {} degraded levels; camera-blind after {} ms, \
+         loop-stalled after {} ms; heartbeat {}; real-time {}",
+        crate::pipeline::frame_budget(board, fps).as_secs_f64() * 1000.0,
+        l.ladder.len(),
+        l.blind_after_ms,
+        l.stall_after_ms,
+        l.heartbeat.as_deref().map_or("off".to_string(), |h| format!("on `{h}` every {} ms", l.heartbeat_ms)),
+        l.realtime
+            .as_ref()
+            .map_or("off".to_string(), |r| format!("SCHED_FIFO {} on CPUs {:?}", r.priority, r.cpus)),
+    ));
     report.push(format!("storage: {}", board.storage.path.display()));
     Ok(report.join("\n"))
 }

@@ -143,8 +143,10 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
             let t0 = MonoTime::now();
             st_idle.record(t0.since(idle_from));
             let allocs_before = alloc::thread_allocs();
-            // The deadline runs from capture; a clip read ahead of time counts from arrival.
-            let start = frame.ts.min(frame.arrived);
+            // The deadline runs from capture. A clip read as fast as possible is no live camera:
+            // its frames wait for the loop by design, so their deadline runs from when they are
+            // taken.
+            let start = if opts.pace { frame.ts.min(frame.arrived) } else { t0 };
             summary.dropped_frames += frame.seq.saturating_sub(next_seq);
             next_seq = frame.seq + 1;
 
