@@ -47,7 +47,10 @@ pub struct Pipeline {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Person detections (the reference peer counts these).
     pub detections: u64,
+    /// All detections, balls included.
+    pub detections_all: u64,
     pub alerts: u64,
     pub allocs_per_frame: Option<f64>,
     pub peak_rss_mb: f64,
@@ -201,7 +204,8 @@ pub fn run(
         p50_ms: ms(t.p50_us),
         p99_ms: ms(t.p99_us),
         max_ms: ms(t.max_us),
-        detections: s.detections,
+        detections: s.persons,
+        detections_all: s.detections,
         alerts: s.alerts_raised,
         allocs_per_frame: s.allocs_per_frame,
         peak_rss_mb: s.peak_rss_mb,
@@ -271,7 +275,7 @@ impl Report {
         }
         let p = &self.pipeline;
         s.push_str(&format!(
-            "pipeline, as fast as it goes: {:.1} fps; frame->out p50 {:.2} ms p99 {:.2} ms; {} detections, {} alerts; \
+            "pipeline, as fast as it goes: {:.1} fps; frame->out p50 {:.2} ms p99 {:.2} ms; {} person detections, {} alerts; \
              allocations/frame {}; peak RSS {:.0} MB\n",
             p.fps,
             p.p50_ms,

@@ -258,6 +258,7 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
                 });
             }
             summary.detections += objects.len() as u64;
+            summary.persons += objects.iter().filter(|o| o.class == coco::PERSON).count() as u64;
             summary.frames += 1;
             if done.since(last_status) >= STATUS_EVERY {
                 last_status = done;

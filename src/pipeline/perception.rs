@@ -4,7 +4,7 @@
 use anyhow::Context;
 
 use super::ladder::FramePlan;
-use crate::capture::Frame;
+use crate::capture::{Frame, PixelFormat};
 use crate::config::Board;
 use crate::infer::coco;
 use crate::infer::detector::{Detection, Detector};
@@ -57,7 +57,24 @@ impl Models {
             _ => Vec::new(),
         };
         let classes = board.models.detector.classes.iter().filter_map(|c| coco::class_id(c)).collect();
-        Ok(Self { classes, detector, pose })
+        let mut models = Self { classes, detector, pose };
+        models.warm_up(width, height)?;
+        Ok(models)
+    }
+
+    /// Runs every model once on a blank frame: first runs are slow (allocation, kernel
+    /// selection), and that cost belongs to start-up, not to the first frame's deadline.
+    fn warm_up(&mut self, width: u32, height: u32) -> anyhow::Result<()> {
+        let blank = Frame::new(width, height, PixelFormat::I420);
+        let mut dets = Vec::with_capacity(128);
+        self.detector.prepare(&blank);
+        self.detector.infer(&mut dets).context("warming up the detector")?;
+        let mut poses = Vec::with_capacity(8);
+        for p in &mut self.pose {
+            p.prepare(&blank);
+            p.infer(&mut poses).context("warming up the pose model")?;
+        }
+        Ok(())
     }
 }
 

@@ -108,6 +108,8 @@ pub struct Summary {
     pub seconds: f64,
     pub fps: f64,
     pub detections: u64,
+    /// Of which people.
+    pub persons: u64,
     pub alerts_raised: u64,
     pub alerts_cleared: u64,
     /// Events the recorder could not take in time (the loop never waits for it).
