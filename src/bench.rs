@@ -40,6 +40,20 @@ pub struct Bare {
     pub max_ms: f64,
 }
 
+impl Bare {
+    fn new(
+        model: &'static str,
+        backend: Backend,
+        input: [u32; 2],
+        frames: u64,
+        fps: f64,
+        s: &StageSummary,
+    ) -> Self {
+        let (p50_ms, p99_ms, max_ms) = (ms(s.p50_us), ms(s.p99_us), ms(s.max_us));
+        Self { model, backend, variant: "fp32", input, frames, fps, p50_ms, p99_ms, max_ms }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Pipeline {
     pub fps: f64,
@@ -147,17 +161,7 @@ fn bare(board: &Board, n: u64) -> anyhow::Result<Vec<Bare>> {
             det.infer(&mut dets)?;
             Ok(MonoTime::now().since(t))
         })?;
-        out.push(Bare {
-            model: "detector",
-            backend,
-            variant: "fp32",
-            input: cfg.input,
-            frames: count,
-            fps,
-            p50_ms: ms(s.p50_us),
-            p99_ms: ms(s.p99_us),
-            max_ms: ms(s.max_us),
-        });
+        out.push(Bare::new("detector", backend, cfg.input, count, fps, &s));
         if let Some(p) = &board.models.pose {
             let mut cfg = p.clone();
             cfg.backend = backend;
@@ -170,17 +174,7 @@ fn bare(board: &Board, n: u64) -> anyhow::Result<Vec<Bare>> {
                 pose.infer(&mut poses)?;
                 Ok(MonoTime::now().since(t))
             })?;
-            out.push(Bare {
-                model: "pose",
-                backend,
-                variant: "fp32",
-                input: cfg.input,
-                frames: count,
-                fps,
-                p50_ms: ms(s.p50_us),
-                p99_ms: ms(s.p99_us),
-                max_ms: ms(s.max_us),
-            });
+            out.push(Bare::new("pose", backend, cfg.input, count, fps, &s));
         }
     }
     Ok(out)

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod event;
 pub mod geometry;
+pub mod handoff;
 pub mod infer;
 pub mod pipeline;
 pub mod recorder;

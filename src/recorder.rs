@@ -5,14 +5,13 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
 
 use crate::event::Event;
+use crate::handoff::{handoff, Handoff};
 use crate::store::PatternLog;
 use crate::sync::Uplink;
 
@@ -36,24 +35,7 @@ impl EventsDest {
 const CAPACITY: usize = 8192;
 
 /// The loop's and the output stage's way into the recorder. Cloneable; never blocks.
-#[derive(Clone)]
-pub struct RecorderTx {
-    tx: SyncSender<Event>,
-    dropped: Arc<AtomicU64>,
-}
-
-impl RecorderTx {
-    /// Hands an event over without waiting; a full queue drops it and counts the drop.
-    pub fn send(&self, ev: Event) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(ev) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-}
+pub type RecorderTx = Handoff<Event>;
 
 pub struct Recorder {
     tx: RecorderTx,
@@ -74,14 +56,14 @@ impl Recorder {
                 File::create(p).with_context(|| format!("creating events file {}", p.display()))?,
             )),
         };
-        let (tx, rx) = sync_channel(CAPACITY);
+        let (tx, rx) = handoff(CAPACITY);
         let handle = std::thread::Builder::new()
             .name("recorder".into())
             .spawn(move || {
                 record(rx, out.map(|w| BufWriter::with_capacity(1 << 16, w)), store, uplink, topic)
             })
             .context("starting the recorder thread")?;
-        Ok(Self { tx: RecorderTx { tx, dropped: Arc::new(AtomicU64::new(0)) }, handle })
+        Ok(Self { tx, handle })
     }
 
     pub fn sender(&self) -> RecorderTx {
@@ -92,7 +74,7 @@ impl Recorder {
     /// be gone by now. Reports the first I/O error.
     pub fn finish(self, last: Event) -> anyhow::Result<()> {
         // Blocking here is fine: the loop is over.
-        let _ = self.tx.tx.send(last);
+        self.tx.send_blocking(last);
         drop(self.tx);
         self.handle.join().map_err(|_| anyhow::anyhow!("recorder thread panicked"))?
     }

@@ -2,9 +2,7 @@
 //! hand it small `Copy` messages over a bounded queue, so deciding never waits on a slow line or
 //! port, and the output thread reports what it drove, and when, to the recorder.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
@@ -12,6 +10,7 @@ use anyhow::Context;
 use crate::alert::{AlertOutput, Signal};
 use crate::clock::MonoTime;
 use crate::event::{AlertEvent, Event};
+use crate::handoff::{handoff, Handoff};
 use crate::recorder::RecorderTx;
 use crate::rules::{Alert, AlertState, RuleMeta};
 use crate::telemetry::{StageStats, StageSummary};
@@ -33,23 +32,7 @@ pub enum OutputMsg {
 }
 
 /// Sending side, shared by the loop and the supervisor; never blocks.
-#[derive(Clone)]
-pub struct OutputTx {
-    tx: SyncSender<OutputMsg>,
-    dropped: Arc<AtomicU64>,
-}
-
-impl OutputTx {
-    pub fn send(&self, msg: OutputMsg) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(msg) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-}
+pub type OutputTx = Handoff<OutputMsg>;
 
 #[derive(Debug, Default)]
 pub struct OutputReport {
@@ -74,12 +57,12 @@ impl OutputStage {
         meta: Vec<RuleMeta>,
         recorder: RecorderTx,
     ) -> anyhow::Result<(Self, OutputTx)> {
-        let (tx, rx) = sync_channel(CAPACITY);
+        let (tx, rx) = handoff(CAPACITY);
         let handle = std::thread::Builder::new()
             .name("outputs".into())
             .spawn(move || drive(rx, outputs, heartbeat, meta, recorder))
             .context("starting the output thread")?;
-        Ok((Self { handle }, OutputTx { tx, dropped: Arc::new(AtomicU64::new(0)) }))
+        Ok((Self { handle }, tx))
     }
 
     /// Waits for the queue to drain; every sender must be gone.
