@@ -2,6 +2,11 @@
 """Side-by-side table of `sideline bench` and bench/reference.py results, and the three ratios.
 
     python bench/compare.py SIDELINE.json REFERENCE.json [--strict]
+    python bench/compare.py --rounds S1.json R1.json S2.json R2.json ... [--strict]
+
+With --rounds, each pair was run back to back (the machine's speed drifts over minutes on a
+shared host); every number is the median over the rounds, and the ratios of each round are
+listed too.
 
 Standard library only. Missing keys print as "n/a". Exit status 0, or with --strict 1 when a
 ratio misses its target or cannot be computed. See bench/README.md.
@@ -83,13 +88,45 @@ def table(rows, headers):
         print(line(r))
 
 
+def median_doc(docs):
+    """One document whose every number is the median of that number across `docs`."""
+    first = docs[0]
+    if isinstance(first, dict):
+        return {k: median_doc([d.get(k) for d in docs if isinstance(d, dict)]) for k in first}
+    if isinstance(first, list):
+        n = min(len(d) for d in docs if isinstance(d, list))
+        return [median_doc([d[i] for d in docs]) for i in range(n)]
+    nums = sorted(x for x in docs if num(x) is not None)
+    if nums and num(first) is not None:
+        mid = len(nums) // 2
+        return nums[mid] if len(nums) % 2 else (nums[mid - 1] + nums[mid]) / 2
+    return first
+
+
+def round_ratios(s, r):
+    bare = bare_detector(s)
+    return (ratio(get(s, "pipeline", "fps"), get(bare, "fps")),
+            ratio(get(s, "pipeline", "fps"), get(r, "pipeline", "fps")),
+            ratio(get(s, "paced", "p99_ms"), get(r, "paced", "p99_ms")))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("sideline", help="JSON written by `sideline bench --json`")
-    ap.add_argument("reference", help="JSON written by bench/reference.py --json")
+    ap.add_argument("files", nargs="+", help="SIDELINE.json REFERENCE.json, or pairs with --rounds")
+    ap.add_argument("--rounds", action="store_true", help="files are pairs of back-to-back runs")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a ratio misses its target")
     args = ap.parse_args()
-    s, r = load(args.sideline), load(args.reference)
+    if len(args.files) % 2 or (not args.rounds and len(args.files) != 2):
+        ap.error("give SIDELINE.json REFERENCE.json, or pairs of them with --rounds")
+    pairs = [(load(a), load(b)) for a, b in zip(args.files[::2], args.files[1::2])]
+    if len(pairs) > 1:
+        print(f"{len(pairs)} rounds, each sideline then reference; numbers are medians over rounds")
+        for i, (s1, r1) in enumerate(pairs, 1):
+            a1, b1, c1 = round_ratios(s1, r1)
+            print(f"  round {i}: (a) {fmt(a1, 3)}  (b) {fmt(b1, 3)}  (c) {fmt(c1, 3)}")
+        print()
+    s = median_doc([p[0] for p in pairs])
+    r = median_doc([p[1] for p in pairs])
     bare = bare_detector(s)
 
     print(f"sideline:  board {fmt(get(s, 'board'))}, {fmt(get(s, 'frames'))} frames, "
