@@ -40,7 +40,7 @@ fn load_png(path: &std::path::Path) -> Rgb {
 /// The clip's first frame as RGB: the background the people are pasted onto.
 fn background() -> Rgb {
     let f = &common::clip_frames(&common::media("vtest.y4m"), &[0])[0];
-    let pre = Preprocessor::new(f.width, f.height, f.width, f.height, 0.0);
+    let mut pre = Preprocessor::new(f.width, f.height, f.width, f.height, 0.0);
     let mut out = vec![0f32; pre.input_len()];
     pre.run(f, &mut out);
     Rgb { w: f.width, h: f.height, px: out.iter().map(|&v| v.round() as u8).collect() }

@@ -1,5 +1,7 @@
-//! Camera pixels to model input: I420 -> RGB, bilinear letterbox resize, NHWC, in one pass
-//! with no allocation. Sampling tables are computed once per (frame size, input size).
+//! Camera pixels to model input: I420 -> RGB, bilinear letterbox resize, NHWC, with no
+//! allocation. Sampling tables are computed once per (frame size, input size); each output row
+//! first blends its two source rows of each plane, then samples along the blended rows, which
+//! halves the arithmetic of a per-pixel 2-D blend.
 
 use super::letterbox::Letterbox;
 use super::InputMut;
@@ -51,6 +53,10 @@ pub struct Preprocessor {
     luma_y: Vec<Tap>,
     chroma_x: Vec<Tap>,
     chroma_y: Vec<Tap>,
+    /// One vertically blended row of Y, U and V.
+    row_y: Vec<f32>,
+    row_u: Vec<f32>,
+    row_v: Vec<f32>,
 }
 
 impl Preprocessor {
@@ -66,6 +72,9 @@ impl Preprocessor {
             luma_y: taps(ch, src_h as usize, sy),
             chroma_x: taps(cw, src_w.div_ceil(2) as usize, sx / 2.0),
             chroma_y: taps(ch, src_h.div_ceil(2) as usize, sy / 2.0),
+            row_y: vec![0.0; src_w as usize],
+            row_u: vec![0.0; src_w.div_ceil(2) as usize],
+            row_v: vec![0.0; src_w.div_ceil(2) as usize],
         }
     }
 
@@ -75,7 +84,7 @@ impl Preprocessor {
     }
 
     /// Writes `frame` into an engine's input buffer, whatever its element type.
-    pub fn fill(&self, frame: &Frame, input: InputMut<'_>) {
+    pub fn fill(&mut self, frame: &Frame, input: InputMut<'_>) {
         match input {
             InputMut::F32(b) => self.run(frame, b),
             InputMut::I32(b) => self.run(frame, b),
@@ -83,8 +92,8 @@ impl Preprocessor {
     }
 
     /// Writes `frame` as RGB 0..255 into `out` (NHWC, batch 1).
-    pub fn run<T: Channel>(&self, frame: &Frame, out: &mut [T]) {
-        let lb = &self.letterbox;
+    pub fn run<T: Channel>(&mut self, frame: &Frame, out: &mut [T]) {
+        let lb = self.letterbox;
         debug_assert_eq!((frame.width, frame.height), (lb.src_w, lb.src_h));
         assert_eq!(out.len(), self.input_len(), "input buffer sized by Preprocessor::input_len");
         let (yp, up, vp) = frame.planes();
@@ -94,29 +103,42 @@ impl Preprocessor {
         let row_len = lb.dst_w as usize * 3;
         let (px, py) = (lb.pad_x as usize, lb.pad_y as usize);
         for (oy, row) in out.chunks_exact_mut(row_len).enumerate() {
-            let Some(ty) = oy.checked_sub(py).and_then(|y| self.luma_y.get(y)) else {
+            let Some(&ty) = oy.checked_sub(py).and_then(|y| self.luma_y.get(y)) else {
                 row.fill(pad);
                 continue;
             };
-            let cy = &self.chroma_y[oy - py];
-            let (y0, y1) = (&yp[ty.i0 as usize * w..][..w], &yp[ty.i1 as usize * w..][..w]);
-            let (u0, u1) = (&up[cy.i0 as usize * cw..][..cw], &up[cy.i1 as usize * cw..][..cw]);
-            let (v0, v1) = (&vp[cy.i0 as usize * cw..][..cw], &vp[cy.i1 as usize * cw..][..cw]);
+            let cy = self.chroma_y[oy - py];
+            blend_rows(
+                &yp[ty.i0 as usize * w..][..w],
+                &yp[ty.i1 as usize * w..][..w],
+                ty.w1,
+                &mut self.row_y,
+            );
+            blend_rows(
+                &up[cy.i0 as usize * cw..][..cw],
+                &up[cy.i1 as usize * cw..][..cw],
+                cy.w1,
+                &mut self.row_u,
+            );
+            blend_rows(
+                &vp[cy.i0 as usize * cw..][..cw],
+                &vp[cy.i1 as usize * cw..][..cw],
+                cy.w1,
+                &mut self.row_v,
+            );
             let (left, rest) = row.split_at_mut(px * 3);
             left.fill(pad);
             let (content, right) = rest.split_at_mut(self.luma_x.len() * 3);
             right.fill(pad);
+            let (ry, ru, rv) = (&self.row_y[..], &self.row_u[..], &self.row_v[..]);
             for ((px_out, tx), cx) in content.chunks_exact_mut(3).zip(&self.luma_x).zip(&self.chroma_x) {
-                let lerp2 = |r0: &[u8], r1: &[u8], t: &Tap, wy: f32| {
-                    let a = r0[t.i0 as usize] as f32
-                        + (r0[t.i1 as usize] as f32 - r0[t.i0 as usize] as f32) * t.w1;
-                    let b = r1[t.i0 as usize] as f32
-                        + (r1[t.i1 as usize] as f32 - r1[t.i0 as usize] as f32) * t.w1;
-                    a + (b - a) * wy
+                let lerp = |r: &[f32], t: &Tap| {
+                    let a = r[t.i0 as usize];
+                    a + (r[t.i1 as usize] - a) * t.w1
                 };
-                let y = lerp2(y0, y1, tx, ty.w1);
-                let u = lerp2(u0, u1, cx, cy.w1) - 128.0;
-                let v = lerp2(v0, v1, cx, cy.w1) - 128.0;
+                let y = lerp(ry, tx);
+                let u = lerp(ru, cx) - 128.0;
+                let v = lerp(rv, cx) - 128.0;
                 // BT.601, limited range: what cameras and the sample clip deliver.
                 let c = 1.164 * (y - 16.0);
                 px_out[0] = T::from_value((c + 1.596 * v).clamp(0.0, 255.0));
@@ -124,6 +146,14 @@ impl Preprocessor {
                 px_out[2] = T::from_value((c + 2.017 * u).clamp(0.0, 255.0));
             }
         }
+    }
+}
+
+/// `out[i] = r0[i] + (r1[i] - r0[i]) * w`, over whole rows.
+fn blend_rows(r0: &[u8], r1: &[u8], w: f32, out: &mut [f32]) {
+    for ((o, &a), &b) in out.iter_mut().zip(r0).zip(r1) {
+        let a = a as f32;
+        *o = a + (b as f32 - a) * w;
     }
 }
 
@@ -145,7 +175,7 @@ mod tests {
     #[test]
     fn grey_frame_with_bars() {
         // 40x20 into 16x16: content 16x8, bars of 4 rows top and bottom.
-        let p = Preprocessor::new(40, 20, 16, 16, 0.0);
+        let mut p = Preprocessor::new(40, 20, 16, 16, 0.0);
         let mut out = vec![-1.0f32; p.input_len()];
         p.run(&flat_frame(40, 20, 126, 128, 128), &mut out);
         let at = |x: usize, y: usize| &out[(y * 16 + x) * 3..][..3];
@@ -160,7 +190,7 @@ mod tests {
 
     #[test]
     fn saturated_red_and_integer_output() {
-        let p = Preprocessor::new(8, 8, 4, 4, 0.0);
+        let mut p = Preprocessor::new(8, 8, 4, 4, 0.0);
         let mut out = vec![0i32; p.input_len()];
         // Y=81, U=90, V=240 is pure red in BT.601 limited range.
         p.run(&flat_frame(8, 8, 81, 90, 240), &mut out);
@@ -177,7 +207,7 @@ mod tests {
                 f.data[y * w as usize + x] = 16 + (x * 3) as u8;
             }
         }
-        let p = Preprocessor::new(w, h, 32, 1, 0.0);
+        let mut p = Preprocessor::new(w, h, 32, 1, 0.0);
         let mut out = vec![0f32; p.input_len()];
         p.run(&f, &mut out);
         // Output pixel i samples source x = 2i + 0.5: luma 16 + 3 * (2i + 0.5).
