@@ -7,6 +7,7 @@ mod common;
 use std::sync::atomic::AtomicBool;
 
 use sideline::pipeline::{self, RunOptions};
+use sideline::recorder::EventsDest;
 use sideline::telemetry::alloc::{self, CountingAlloc};
 
 #[global_allocator]
@@ -25,9 +26,13 @@ fn no_allocation_per_frame_after_warm_up() {
 
     let dir = tempfile::tempdir().unwrap();
     let board = common::load_board(&common::sim_profile(dir.path(), |t| t));
-    let opts = RunOptions { max_frames: Some(400), ..RunOptions::default() };
+    // With an events file, so every detection crosses the hand-off to the recorder too.
+    let events = EventsDest::File(dir.path().join("events.jsonl"));
+    let opts = RunOptions { max_frames: Some(400), events: Some(events), ..RunOptions::default() };
     let summary = pipeline::run(&board, &opts, &STOP).unwrap();
     assert_eq!(summary.frames, 400);
     assert!(summary.alerts_raised > 0, "the run went through alerts too");
     assert_eq!(summary.allocs_per_frame, Some(0.0), "allocations per frame over 350 frames after warm-up");
+    let written = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    assert!(written.lines().filter(|l| l.contains("\"type\":\"detection\"")).count() > 1000);
 }
