@@ -1,10 +1,12 @@
-//! The hand-off between the camera thread and the decision loop: a single slot.
+//! The hand-off between the camera thread and the decision loop.
 //!
 //! A live camera must never build a queue in front of a slow loop (queued frames are latency),
-//! so in `Latest` mode a new frame replaces a stale one, which goes back to the camera for reuse.
-//! `Lossless` mode makes the camera wait instead: for clips read as fast as possible, where every
-//! frame must be seen and results must not depend on timing.
+//! so in `Latest` mode the slot holds one frame and a new frame replaces a stale one, which goes
+//! back to the camera for reuse. `Lossless` mode is for clips read as fast as possible, where
+//! every frame must be seen and results must not depend on timing: the camera reads up to
+//! [`LOSSLESS_DEPTH`] frames ahead and then waits, so the loop never waits for a read.
 
+use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::Frame;
@@ -23,8 +25,12 @@ pub enum Put {
     Closed(Frame),
 }
 
+/// Frames a lossless slot holds ahead of the loop.
+pub const LOSSLESS_DEPTH: usize = 2;
+
 struct Inner {
-    frame: Option<Frame>,
+    /// Oldest first; capacity reserved up front, so pushing never allocates.
+    frames: VecDeque<Frame>,
     closed: bool,
 }
 
@@ -36,7 +42,8 @@ pub struct FrameSlot {
 
 impl FrameSlot {
     pub fn new(mode: SlotMode) -> Self {
-        Self { mode, inner: Mutex::new(Inner { frame: None, closed: false }), cv: Condvar::new() }
+        let frames = VecDeque::with_capacity(LOSSLESS_DEPTH);
+        Self { mode, inner: Mutex::new(Inner { frames, closed: false }), cv: Condvar::new() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -47,14 +54,18 @@ impl FrameSlot {
     pub fn put(&self, frame: Frame) -> Put {
         let mut g = self.lock();
         if self.mode == SlotMode::Lossless {
-            while g.frame.is_some() && !g.closed {
+            while g.frames.len() >= LOSSLESS_DEPTH && !g.closed {
                 g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
             }
         }
         if g.closed {
             return Put::Closed(frame);
         }
-        let old = g.frame.replace(frame);
+        let old = match self.mode {
+            SlotMode::Latest => g.frames.pop_front(),
+            SlotMode::Lossless => None,
+        };
+        g.frames.push_back(frame);
         drop(g);
         self.cv.notify_all();
         match old {
@@ -67,7 +78,7 @@ impl FrameSlot {
     pub fn take(&self) -> Option<Frame> {
         let mut g = self.lock();
         loop {
-            if let Some(f) = g.frame.take() {
+            if let Some(f) = g.frames.pop_front() {
                 drop(g);
                 self.cv.notify_all();
                 return Some(f);

@@ -59,8 +59,8 @@ pub struct Parts {
     pub cfg: FrameLoop,
 }
 
-/// Frame buffers in circulation: one being filled, one in the slot, one in the loop.
-const FRAME_BUFFERS: usize = 3;
+/// Frame buffers in circulation: one being filled, the slot's, one in the loop.
+const FRAME_BUFFERS: usize = 2 + crate::capture::slot::LOSSLESS_DEPTH;
 /// How often the loop reports a status line.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// Frames before allocation counting starts (first-use growth of buffers is fine).
