@@ -70,9 +70,10 @@ pub fn check(board: &Board) -> anyhow::Result<String> {
     }
     crate::rules::RuleSet::new(board).context("rules")?;
     report.push(format!(
-        "rules: {} zone incursion, {} player down",
+        "rules: {} zone incursion, {} player down, {} whistle",
         board.rules.zone_incursion.len(),
-        board.rules.player_down.len()
+        board.rules.player_down.len(),
+        board.rules.whistle.len()
     ));
     for o in &board.outputs {
         let note = match o.kind {

@@ -127,6 +127,31 @@ fn sample_footage_detections_and_zone_alerts() {
         assert!(a["latency_us"].as_u64().unwrap() > 0, "{a}");
     }
 
+    // The microphone ran beside the camera: every referee whistle in field.wav raised an alert,
+    // each inside a labelled whistle (an audio alert's `frame` is its 32 ms chunk number).
+    let windows: Vec<(f64, f64)> = std::fs::read_to_string(common::media("field.wav.txt"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split_whitespace().map(|v| v.parse::<f64>().unwrap());
+            (f.next().unwrap(), f.next().unwrap())
+        })
+        .collect();
+    let whistles = raised("whistle");
+    for (start, end) in &windows {
+        let heard = whistles.iter().any(|a| {
+            let t = a["frame"].as_u64().unwrap() as f64 * 0.032;
+            t >= *start && t <= *end
+        });
+        assert!(heard, "no whistle alert for {start}..{end} s: {whistles:?}");
+    }
+    for a in &whistles {
+        let t = a["frame"].as_u64().unwrap() as f64 * 0.032;
+        assert!(windows.iter().any(|(s, e)| t >= *s && t <= *e), "whistle alert at {t} s: {a}");
+        assert_eq!(a["kind"], "whistle");
+    }
+
     // The durable store holds every alert the events file reported.
     let stored = std::fs::read_to_string(dir.path().join("state/patterns.jsonl")).unwrap();
     assert_eq!(stored.lines().count(), alerts.len());

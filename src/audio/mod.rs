@@ -5,6 +5,7 @@
 //! directly. The simulated microphone ([`wav::WavMic`]) plays a WAV file in real time.
 
 pub mod wav;
+pub mod whistle;
 
 use std::path::PathBuf;
 
@@ -44,6 +45,8 @@ pub enum AudioError {
 /// A microphone.
 pub trait AudioSource: Send {
     fn sample_rate(&self) -> u32;
+    /// Samples per chunk.
+    fn chunk_len(&self) -> usize;
     /// Fills `chunk` with the next samples, blocking until they are available.
     /// Returns `Ok(false)` at the end of the stream.
     fn next_chunk(&mut self, chunk: &mut AudioChunk) -> Result<bool, AudioError>;

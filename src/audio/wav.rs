@@ -86,6 +86,10 @@ impl AudioSource for WavMic {
         self.rate
     }
 
+    fn chunk_len(&self) -> usize {
+        self.chunk
+    }
+
     fn next_chunk(&mut self, chunk: &mut AudioChunk) -> Result<bool, AudioError> {
         if self.pos >= self.samples.len() {
             return Ok(false);

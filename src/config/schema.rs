@@ -146,6 +146,8 @@ pub struct Rules {
     pub zone_incursion: Vec<ZoneIncursion>,
     #[serde(default)]
     pub player_down: Vec<PlayerDown>,
+    #[serde(default)]
+    pub whistle: Vec<Whistle>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
@@ -217,6 +219,51 @@ fn default_hip_height() -> f32 {
 }
 fn default_motion() -> f32 {
     0.5
+}
+
+/// A referee's whistle on the microphone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Whistle {
+    pub name: String,
+    /// The band a whistle's tone lies in, `[low, high]` Hz.
+    #[serde(default = "default_whistle_band")]
+    pub band_hz: [f32; 2],
+    /// Tonal in the band for this long before it counts.
+    #[serde(default = "default_whistle_min_ms")]
+    pub min_duration_ms: f32,
+    /// Gaps this short (a trill) do not end a whistle.
+    #[serde(default = "default_whistle_gap_ms")]
+    pub max_gap_ms: f32,
+    /// Share of 100 Hz..8 kHz energy in the band.
+    #[serde(default = "default_whistle_share")]
+    pub min_band_share: f32,
+    /// Strongest band bin over the band's mean bin.
+    #[serde(default = "default_whistle_peakiness")]
+    pub min_peakiness: f32,
+    #[serde(default = "default_whistle_level")]
+    pub min_level_dbfs: f32,
+    pub severity: Severity,
+    pub outputs: Vec<String>,
+}
+
+fn default_whistle_band() -> [f32; 2] {
+    [1800.0, 4500.0]
+}
+fn default_whistle_min_ms() -> f32 {
+    150.0
+}
+fn default_whistle_gap_ms() -> f32 {
+    100.0
+}
+fn default_whistle_share() -> f32 {
+    0.6
+}
+fn default_whistle_peakiness() -> f32 {
+    8.0
+}
+fn default_whistle_level() -> f32 {
+    -45.0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

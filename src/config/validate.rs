@@ -196,6 +196,27 @@ fn check_rules(b: &Board, outputs: &HashSet<&str>, f: &mut Findings) {
             f.push((at("min_frames"), "must be at least 1".into()));
         }
     }
+    for (i, w) in b.rules.whistle.iter().enumerate() {
+        let at = |field: &str| format!("rules.whistle[{i}].{field}");
+        check_rule_common(&at, &w.name, &w.outputs, 0.0, outputs, &mut names, f);
+        let nyquist = b.audio.as_ref().map_or(0.0, |a| a.sample_rate as f32 / 2.0);
+        if b.audio.is_none() {
+            f.push((at("name"), "a whistle rule needs a microphone ([audio])".into()));
+        } else if !(w.band_hz[0] > 0.0 && w.band_hz[0] < w.band_hz[1] && w.band_hz[1] <= nyquist) {
+            f.push((
+                at("band_hz"),
+                format!("[{}, {}] must rise and lie within 0..{nyquist} Hz", w.band_hz[0], w.band_hz[1]),
+            ));
+        }
+        for (field, v) in [("min_duration_ms", w.min_duration_ms), ("max_gap_ms", w.max_gap_ms)] {
+            if !(v > 0.0 && v.is_finite()) {
+                f.push((at(field), format!("{v} must be > 0")));
+            }
+        }
+        if !(w.min_band_share > 0.0 && w.min_band_share <= 1.0) {
+            f.push((at("min_band_share"), format!("{} is outside (0, 1]", w.min_band_share)));
+        }
+    }
     for (i, r) in b.rules.player_down.iter().enumerate() {
         let at = |field: &str| format!("rules.player_down[{i}].{field}");
         check_rule_common(&at, &r.name, &r.outputs, r.cooldown_s, outputs, &mut names, f);

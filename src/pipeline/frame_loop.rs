@@ -24,12 +24,13 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use super::ladder::{Change, Ladder};
-use super::output::{AlertMsg, OutputMsg, OutputStage};
+use super::output::{AlertMsg, OutputMsg, OutputStage, OutputTx};
 use super::perception::Perception;
 use super::realtime;
 use super::supervisor::{Health, Supervisor};
 use super::RunOptions;
 use crate::alert::AlertOutput;
+use crate::audio::whistle::{WhistleDetector, WhistleEvent};
 use crate::audio::{AudioChunk, AudioSource};
 use crate::capture::slot::{FrameSlot, Put, SlotMode};
 use crate::capture::{Frame, FrameSource};
@@ -41,7 +42,7 @@ use crate::infer::coco;
 use crate::infer::detector::Detection;
 use crate::infer::pose::Pose;
 use crate::recorder::Recorder;
-use crate::rules::{Alert, RuleSet, Scene, Tracked, TrackedPose};
+use crate::rules::{Alert, AlertState, RuleSet, Scene, Tracked, TrackedPose};
 use crate::telemetry::{alloc, AudioSummary, StageStats, Summary};
 use crate::track::{Tracker, TrackerConfig};
 
@@ -100,7 +101,9 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     let camera_thread =
         spawn_camera(camera, slot.clone(), free_rx, health.clone(), cfg.realtime.clone(), stop)?;
     let audio_done = Arc::new(AtomicBool::new(false));
-    let audio_thread = microphone.map(|m| spawn_microphone(m, stop, audio_done.clone())).transpose()?;
+    let audio_thread = microphone
+        .map(|m| spawn_microphone(m, rules.whistles(), out.clone(), stop, audio_done.clone()))
+        .transpose()?;
     if let Some(rt) = &cfg.realtime {
         realtime::apply_to_current_thread(rt, "decision loop");
     }
@@ -358,22 +361,42 @@ fn spawn_camera(
     Ok(handle)
 }
 
+/// The microphone thread: reads chunks and runs the audio rules on them, on the same clock
+/// as the frames, sending alerts straight to the output thread.
 fn spawn_microphone(
     mut mic: Box<dyn AudioSource>,
+    whistles: &[(usize, crate::config::Whistle)],
+    out: OutputTx,
     stop: &'static AtomicBool,
     done: Arc<AtomicBool>,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<AudioSummary>>> {
+    let rate = mic.sample_rate();
+    let chunk_len = mic.chunk_len();
+    let mut detectors: Vec<(usize, WhistleDetector)> =
+        whistles.iter().map(|(i, w)| (*i, WhistleDetector::new(w, rate, chunk_len))).collect();
     let handle = std::thread::Builder::new().name("microphone".into()).spawn(move || {
-        let mut chunk = AudioChunk::default();
+        let mut chunk = AudioChunk { samples: Vec::with_capacity(chunk_len), ..Default::default() };
         let mut s = AudioSummary { peak_dbfs: f32::NEG_INFINITY, ..Default::default() };
         let mut samples = 0u64;
         while !stop.load(Ordering::Relaxed) && !done.load(Ordering::Relaxed) {
             if !mic.next_chunk(&mut chunk)? {
                 break;
             }
+            let arrived = MonoTime::now();
             s.chunks += 1;
             samples += chunk.samples.len() as u64;
             s.peak_dbfs = s.peak_dbfs.max(chunk.level_dbfs());
+            for (rule, det) in &mut detectors {
+                let (state, at) = match det.push(&chunk) {
+                    Some(WhistleEvent::Started { at, .. }) => (AlertState::Raised, at),
+                    Some(WhistleEvent::Ended { at }) => (AlertState::Cleared, at),
+                    None => continue,
+                };
+                let alert = Alert { rule: *rule, state, track: 0, at: Default::default() };
+                let msg =
+                    AlertMsg { alert, frame: chunk.seq, capture: at, arrived, decided: MonoTime::now() };
+                out.send(OutputMsg::Alert(msg));
+            }
         }
         s.seconds = samples as f64 / mic.sample_rate() as f64;
         Ok(s)

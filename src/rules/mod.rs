@@ -44,6 +44,8 @@ pub struct Scene<'a> {
 pub enum RuleKind {
     ZoneIncursion,
     PlayerDown,
+    /// A referee's whistle on the microphone.
+    Whistle,
     /// No fresh frame from the camera.
     CameraBlind,
     /// Frames arrive but the loop decides none.
@@ -83,6 +85,8 @@ pub struct RuleSet {
     meta: Vec<RuleMeta>,
     camera_blind: usize,
     loop_stalled: usize,
+    /// Audio rules, run on the microphone thread: (rule index, configuration).
+    whistles: Vec<(usize, crate::config::Whistle)>,
     zones: Vec<zone::ZoneRule>,
     downs: Vec<player_down::PlayerDownRule>,
 }
@@ -135,7 +139,17 @@ impl RuleSet {
             severity: Severity::Critical,
             outputs: alarm_outputs,
         });
-        Ok(Self { meta, camera_blind, loop_stalled, zones, downs })
+        let mut whistles = Vec::new();
+        for w in &board.rules.whistle {
+            whistles.push((meta.len(), w.clone()));
+            meta.push(RuleMeta {
+                name: w.name.clone(),
+                kind: RuleKind::Whistle,
+                severity: w.severity,
+                outputs: out_index(&w.outputs),
+            });
+        }
+        Ok(Self { meta, camera_blind, loop_stalled, zones, downs, whistles })
     }
 
     pub fn meta(&self, rule: usize) -> &RuleMeta {
@@ -145,6 +159,11 @@ impl RuleSet {
     /// Every rule's metadata, indexed by [`Alert::rule`].
     pub fn metas(&self) -> &[RuleMeta] {
         &self.meta
+    }
+
+    /// Whistle rules with their indexes, for the microphone thread.
+    pub fn whistles(&self) -> &[(usize, crate::config::Whistle)] {
+        &self.whistles
     }
 
     /// Indexes of the loop's own alarms: (camera blind, loop stalled).
