@@ -129,15 +129,7 @@ fn sample_footage_detections_and_zone_alerts() {
 
     // The microphone ran beside the camera: every referee whistle in field.wav raised an alert,
     // each inside a labelled whistle (an audio alert's `frame` is its 32 ms chunk number).
-    let windows: Vec<(f64, f64)> = std::fs::read_to_string(common::media("field.wav.txt"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let mut f = l.split_whitespace().map(|v| v.parse::<f64>().unwrap());
-            (f.next().unwrap(), f.next().unwrap())
-        })
-        .collect();
+    let windows = common::whistle_windows();
     let whistles = raised("whistle");
     for (start, end) in &windows {
         let heard = whistles.iter().any(|a| {

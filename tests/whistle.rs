@@ -38,21 +38,10 @@ fn whistles(path: &Path) -> Vec<(f32, f32)> {
     out
 }
 
-/// The whistle windows scripts/setup wrote beside field.wav: (start s, end s).
-fn labelled() -> Vec<(f32, f32)> {
-    let text = std::fs::read_to_string(common::media("field.wav.txt")).unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let mut f = l.split_whitespace().map(|v| v.parse::<f32>().unwrap());
-            (f.next().unwrap(), f.next().unwrap())
-        })
-        .collect()
-}
-
 #[test]
 fn every_whistle_is_heard_once_it_starts_and_nothing_else() {
-    let truth = labelled();
+    let truth: Vec<(f32, f32)> =
+        common::whistle_windows().into_iter().map(|(a, b)| (a as f32, b as f32)).collect();
     assert_eq!(truth.len(), 5, "{truth:?}");
     let heard = whistles(&common::media("field.wav"));
     for (start, end) in &truth {

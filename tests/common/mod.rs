@@ -94,3 +94,16 @@ pub fn sim_profile(dir: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
     std::fs::write(&path, edit(text)).unwrap();
     path
 }
+
+/// The whistle windows scripts/setup wrote beside field.wav: (start s, end s).
+pub fn whistle_windows() -> Vec<(f64, f64)> {
+    std::fs::read_to_string(media("field.wav.txt"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split_whitespace().map(|v| v.parse::<f64>().unwrap());
+            (f.next().unwrap(), f.next().unwrap())
+        })
+        .collect()
+}
