@@ -143,3 +143,17 @@ fn corrupt_model_and_missing_clip_are_clear_errors() {
     let err = stderr(&sideline(&["check"], &board));
     assert!(err.contains("cameras[0].source") && err.contains("no such clip"), "{err}");
 }
+
+#[test]
+fn class_threshold_for_a_class_not_detected() {
+    expect_rejected(
+        |t| {
+            t.replace(
+                r#"class_thresholds = { "sports ball" = 0.7 }"#,
+                r#"class_thresholds = { "cat" = 0.7 }"#,
+            )
+        },
+        "models.detector.class_thresholds.cat",
+        "is not in models.detector.classes",
+    );
+}

@@ -119,6 +119,9 @@ pub struct DetectorModel {
     pub score_threshold: f32,
     /// COCO class names to keep, e.g. `["person", "sports ball"]`.
     pub classes: Vec<String>,
+    /// Per-class score thresholds overriding `score_threshold`, e.g. `{ "sports ball" = 0.7 }`.
+    #[serde(default)]
+    pub class_thresholds: std::collections::BTreeMap<String, f32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

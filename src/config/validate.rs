@@ -94,6 +94,13 @@ fn check_models(b: &Board, f: &mut Findings) {
             f.push((format!("models.detector.classes[{i}]"), format!("`{c}` is not a COCO class name")));
         }
     }
+    for (name, &v) in &d.class_thresholds {
+        let field = format!("models.detector.class_thresholds.{name}");
+        if !d.classes.contains(name) {
+            f.push((field.clone(), format!("`{name}` is not in models.detector.classes")));
+        }
+        check_threshold(v, field, f);
+    }
     if let Some(p) = &b.models.pose {
         check_model_file(&p.path, "models.pose.path".into(), f);
         if p.input.iter().any(|&v| v == 0 || v % 32 != 0) {

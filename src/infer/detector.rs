@@ -2,6 +2,8 @@
 //! best first) but no NMS: the same person can come out twice, so decoding is a threshold, a
 //! class filter, the letterbox inverse and per-class non-maximum suppression.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::letterbox::Letterbox;
@@ -25,18 +27,23 @@ pub struct Detection {
 
 /// Which classes to keep, by COCO id.
 #[derive(Clone, Copy, Debug)]
-pub struct ClassFilter([bool; 80]);
+pub struct ClassFilter([f32; 80]);
 
 impl ClassFilter {
-    pub fn new(names: &[String]) -> Self {
-        let mut keep = [false; 80];
-        for id in names.iter().filter_map(|n| coco::class_id(n)) {
-            keep[id as usize] = true;
+    /// Keeps `names` at `threshold`, or at their entry in `overrides`.
+    pub fn new(names: &[String], threshold: f32, overrides: &BTreeMap<String, f32>) -> Self {
+        let mut min = [f32::INFINITY; 80];
+        for name in names {
+            if let Some(id) = coco::class_id(name) {
+                min[id as usize] = overrides.get(name).copied().unwrap_or(threshold);
+            }
         }
-        Self(keep)
+        Self(min)
     }
-    pub fn keeps(&self, class: u16) -> bool {
-        self.0.get(class as usize).copied().unwrap_or(false)
+
+    /// Whether a detection of `class` scoring `score` is kept.
+    pub fn keeps(&self, class: u16, score: f32) -> bool {
+        self.0.get(class as usize).is_some_and(|&min| score >= min)
     }
 }
 
@@ -45,15 +52,15 @@ pub const NMS_IOU: f32 = 0.5;
 
 /// Decodes raw rows into frame-space detections, appending to `out`. Rows with non-finite
 /// values or unknown classes are skipped: a model's garbage never becomes an alert.
-pub fn decode(raw: &[f32], lb: &Letterbox, threshold: f32, keep: &ClassFilter, out: &mut Vec<Detection>) {
+pub fn decode(raw: &[f32], lb: &Letterbox, keep: &ClassFilter, out: &mut Vec<Detection>) {
     let start = out.len();
     for row in raw.chunks_exact(ROW) {
         let [x1, y1, x2, y2, score, class] = [row[0], row[1], row[2], row[3], row[4], row[5]];
-        if score < threshold || !row.iter().all(|v| v.is_finite()) || class < 0.0 {
+        if !row.iter().all(|v| v.is_finite()) || class < 0.0 {
             continue;
         }
         let class = class.round() as u16;
-        if !keep.keeps(class) {
+        if !keep.keeps(class, score) {
             continue;
         }
         let bbox = lb.box_to_frame(BBox { x1: x1.min(x2), y1: y1.min(y2), x2: x1.max(x2), y2: y1.max(y2) });
@@ -83,7 +90,6 @@ pub struct Detector {
     engine: Box<dyn Engine>,
     pre: Preprocessor,
     outputs: Vec<Vec<f32>>,
-    threshold: f32,
     keep: ClassFilter,
 }
 
@@ -109,8 +115,7 @@ impl Detector {
             outputs: vec![Vec::with_capacity(100 * ROW)],
             engine,
             pre,
-            threshold: cfg.score_threshold,
-            keep: ClassFilter::new(&cfg.classes),
+            keep: ClassFilter::new(&cfg.classes, cfg.score_threshold, &cfg.class_thresholds),
         })
     }
 
@@ -130,7 +135,7 @@ impl Detector {
     /// Runs the model on the prepared input and appends detections to `out`.
     pub fn infer(&mut self, out: &mut Vec<Detection>) -> Result<(), InferError> {
         self.engine.run(&mut self.outputs)?;
-        decode(&self.outputs[0], &self.pre.letterbox, self.threshold, &self.keep, out);
+        decode(&self.outputs[0], &self.pre.letterbox, &self.keep, out);
         Ok(())
     }
 }
@@ -139,8 +144,29 @@ impl Detector {
 mod tests {
     use super::*;
 
-    fn keep(names: &[&str]) -> ClassFilter {
-        ClassFilter::new(&names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    fn keep(names: &[&str], threshold: f32) -> ClassFilter {
+        ClassFilter::new(
+            &names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            threshold,
+            &BTreeMap::new(),
+        )
+    }
+
+    #[test]
+    fn per_class_thresholds() {
+        let lb = Letterbox::new(512, 512, 512, 512);
+        #[rustfmt::skip]
+        let raw = [
+            10.0, 10.0, 20.0, 20.0, 0.62, 32.0,   // a "ball" that is a plastic bag
+            40.0, 10.0, 50.0, 20.0, 0.80, 32.0,   // a ball
+            70.0, 10.0, 90.0, 60.0, 0.50, 0.0,    // a person
+        ];
+        let names = vec!["person".to_string(), "sports ball".to_string()];
+        let overrides = BTreeMap::from([("sports ball".to_string(), 0.7)]);
+        let mut out = vec![];
+        decode(&raw, &lb, &ClassFilter::new(&names, 0.45, &overrides), &mut out);
+        let got: Vec<(u16, f32)> = out.iter().map(|d| (d.class, d.score)).collect();
+        assert_eq!(got, vec![(32, 0.8), (0, 0.5)]);
     }
 
     #[test]
@@ -157,7 +183,7 @@ mod tests {
             300.0, 100.0, 200.0, 0.0, 0.8, 0.0,     // corners swapped, top in the bar
         ];
         let mut out = vec![];
-        decode(&raw, &lb, 0.5, &keep(&["person", "sports ball"]), &mut out);
+        decode(&raw, &lb, &keep(&["person", "sports ball"], 0.5), &mut out);
         // Best score first.
         assert_eq!(out.len(), 3);
         assert_eq!(out[0].class, 0);
@@ -178,7 +204,7 @@ mod tests {
             300.0, 100.0, 340.0, 200.0, 0.5, 0.0,   // another person
         ];
         let mut out = vec![];
-        decode(&raw, &lb, 0.3, &keep(&["person", "sports ball"]), &mut out);
+        decode(&raw, &lb, &keep(&["person", "sports ball"], 0.3), &mut out);
         let got: Vec<(u16, f32)> = out.iter().map(|d| (d.class, d.score)).collect();
         assert_eq!(got, vec![(0, 0.8), (32, 0.6), (0, 0.5)]);
     }
@@ -190,11 +216,11 @@ mod tests {
         assert_eq!((lb.content_w, lb.content_h, lb.pad_x, lb.pad_y), (512, 287, 0, 112));
         let raw = [0.0, 112.0, 512.0, 399.0, 0.7, 0.0];
         let mut out = vec![];
-        decode(&raw, &lb, 0.5, &keep(&["person"]), &mut out);
+        decode(&raw, &lb, &keep(&["person"], 0.5), &mut out);
         assert_eq!(out[0].bbox, BBox { x1: 0.0, y1: 0.0, x2: 641.0, y2: 359.0 });
         let raw = [256.0, 255.5, 256.0 + 64.0, 255.5 + 28.7, 0.7, 0.0];
         out.clear();
-        decode(&raw, &lb, 0.5, &keep(&["person"]), &mut out);
+        decode(&raw, &lb, &keep(&["person"], 0.5), &mut out);
         let b = out[0].bbox;
         let s = 641.0 / 512.0;
         assert!((b.x1 - 256.0 * s).abs() < 1e-3 && (b.x2 - 320.0 * s).abs() < 1e-3, "{b:?}");
