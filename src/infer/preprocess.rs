@@ -133,8 +133,11 @@ impl Preprocessor {
             let (ry, ru, rv) = (&self.row_y[..], &self.row_u[..], &self.row_v[..]);
             for ((px_out, tx), cx) in content.chunks_exact_mut(3).zip(&self.luma_x).zip(&self.chroma_x) {
                 let lerp = |r: &[f32], t: &Tap| {
-                    let a = r[t.i0 as usize];
-                    a + (r[t.i1 as usize] - a) * t.w1
+                    // SAFETY: `taps` clamps every index below the source width it was built
+                    // for, and each row buffer has exactly that width.
+                    let (a, b) =
+                        unsafe { (*r.get_unchecked(t.i0 as usize), *r.get_unchecked(t.i1 as usize)) };
+                    a + (b - a) * t.w1
                 };
                 let y = lerp(ry, tx);
                 let u = lerp(ru, cx) - 128.0;

@@ -99,7 +99,7 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
         free_tx.send(Frame::new(info.width, info.height, info.format))?;
     }
     let camera_thread =
-        spawn_camera(camera, slot.clone(), free_rx, health.clone(), cfg.realtime.clone(), stop)?;
+        spawn_camera(camera, slot.clone(), free_rx, health.clone(), cfg.realtime.clone(), opts.pace, stop)?;
     let audio_done = Arc::new(AtomicBool::new(false));
     let audio_thread = microphone
         .map(|m| spawn_microphone(m, rules.whistles(), out.clone(), stop, audio_done.clone()))
@@ -330,11 +330,15 @@ fn spawn_camera(
     free: Receiver<Frame>,
     health: Arc<Health>,
     realtime: Option<Realtime>,
+    live: bool,
     stop: &'static AtomicBool,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let handle = std::thread::Builder::new().name("camera".into()).spawn(move || {
-        if let Some(rt) = &realtime {
-            realtime::apply_to_current_thread(rt, "camera");
+        match &realtime {
+            Some(rt) if live => realtime::apply_to_current_thread(rt, "camera"),
+            // A clip read ahead of the loop is batch work: it must not preempt inference.
+            _ if !live => realtime::batch_current_thread(),
+            _ => {}
         }
         let mut spare: Option<Frame> = None;
         let result = loop {

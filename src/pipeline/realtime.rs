@@ -35,6 +35,16 @@ pub fn apply_to_current_thread(rt: &Realtime, thread: &str) {
     }
 }
 
+/// Marks the calling thread as batch work (SCHED_BATCH): the scheduler then does not let its
+/// wake-ups preempt the loop. Needs no privilege; a failure only costs a little throughput.
+pub fn batch_current_thread() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a plain syscall on the calling thread with a valid parameter block.
+    unsafe {
+        libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_BATCH, &param);
+    }
+}
+
 /// Locks current and future memory, so the loop never waits for a page to be faulted in.
 pub fn lock_memory() {
     // SAFETY: mlockall has no memory-safety preconditions.
