@@ -5,12 +5,11 @@ use super::{AlertError, AlertOutput, Signal};
 
 pub struct LogOutput {
     name: String,
-    pub driven: u64,
 }
 
 impl LogOutput {
     pub fn new(name: &str) -> Self {
-        Self { name: name.to_string(), driven: 0 }
+        Self { name: name.to_string() }
     }
 }
 
@@ -20,7 +19,6 @@ impl AlertOutput for LogOutput {
     }
 
     fn drive(&mut self, s: &Signal<'_>) -> Result<(), AlertError> {
-        self.driven += 1;
         tracing::warn!(
             target: "sideline::alert",
             output = %self.name,

@@ -123,10 +123,6 @@ impl Detector {
         self.engine.as_ref()
     }
 
-    pub fn letterbox(&self) -> &Letterbox {
-        &self.pre.letterbox
-    }
-
     /// Converts the frame into the model input (the preprocess stage).
     pub fn prepare(&mut self, frame: &Frame) {
         self.pre.fill(frame, self.engine.input_buffer());

@@ -152,10 +152,6 @@ impl RuleSet {
         Ok(Self { meta, camera_blind, loop_stalled, zones, downs, whistles })
     }
 
-    pub fn meta(&self, rule: usize) -> &RuleMeta {
-        &self.meta[rule]
-    }
-
     /// Every rule's metadata, indexed by [`Alert::rule`].
     pub fn metas(&self) -> &[RuleMeta] {
         &self.meta
@@ -169,10 +165,6 @@ impl RuleSet {
     /// Indexes of the loop's own alarms: (camera blind, loop stalled).
     pub fn alarms(&self) -> (usize, usize) {
         (self.camera_blind, self.loop_stalled)
-    }
-
-    pub fn needs_pose(&self) -> bool {
-        !self.downs.is_empty()
     }
 
     /// Evaluates every rule on one frame, appending alerts.
