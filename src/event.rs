@@ -40,6 +40,8 @@ pub enum Event {
         to: usize,
         direction: &'static str,
     },
+    /// A rule pack was swapped in before this frame.
+    Rules { frame: u64, version: u64 },
     /// A periodic sign of life, logged by the recorder.
     Status {
         frame: u64,

@@ -18,6 +18,7 @@ pub mod handoff;
 pub mod infer;
 pub mod pipeline;
 pub mod recorder;
+pub mod rulepack_cmd;
 pub mod rules;
 pub mod store;
 pub mod sync;

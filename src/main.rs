@@ -65,6 +65,65 @@ enum Command {
         #[arg(long)]
         board: PathBuf,
     },
+    /// The durable pattern store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Signed rule packs: new rules for running devices.
+    Rulepack {
+        #[command(subcommand)]
+        command: RulepackCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Backlog (patterns waiting for upstream) and losses of a board's store.
+    Stats {
+        #[arg(long)]
+        board: PathBuf,
+    },
+    /// Write patterns as fast as the disk allows, printing `committed <first> <last>` once each
+    /// batch is durable (for crash tests: kill it, then check the store).
+    Soak {
+        /// Store directory.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Patterns to write; 0 writes until killed.
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulepackCommand {
+    /// Make a signing key: writes <OUT>.key (secret) and <OUT>.pub (for sync.rulepack_keys).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a rule pack (TOML) and write its envelope.
+    Sign {
+        /// Signing key written by `keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        pack: PathBuf,
+        /// Write the envelope here instead of to standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a signed pack as the device with this board profile would.
+    Check {
+        #[arg(long)]
+        board: PathBuf,
+        signed: PathBuf,
+        /// Version of the pack the device runs now; the new one must be above it.
+        #[arg(long)]
+        current_version: Option<u64>,
+    },
 }
 
 #[global_allocator]
@@ -138,5 +197,56 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("{report}\nOK: {}", board.display());
             Ok(())
         }
+        Command::Store { command } => store(command),
+        Command::Rulepack { command } => rulepack(command),
     }
+}
+
+fn store(command: StoreCommand) -> anyhow::Result<()> {
+    use sideline::store::{soak, Priority, Store, StoreConfig};
+    match command {
+        StoreCommand::Stats { board } => {
+            let profile = Board::load(&board)?;
+            let store = Store::open(&profile.storage.path, StoreConfig::from_board(&profile.storage))?;
+            let (backlog, losses) = (store.backlog()?, store.losses()?);
+            println!("store {} (generation {})", store.path().display(), store.generation());
+            println!("{:<10} {:>10} {:>10} {:>10}", "class", "waiting", "evicted", "expired");
+            for p in Priority::ALL {
+                let i = p as usize;
+                println!(
+                    "{:<10} {:>10} {:>10} {:>10}",
+                    p.name(),
+                    backlog.count[i],
+                    losses.evicted[i],
+                    losses.expired[i]
+                );
+            }
+            println!("accounted size {:.1} MB", backlog.bytes as f64 / 1e6);
+        }
+        StoreCommand::Soak { dir, batch, count } => {
+            soak::run(&dir, StoreConfig::default(), batch.max(1), count, &mut std::io::stdout().lock())
+                .with_context(|| format!("soak on {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn rulepack(command: RulepackCommand) -> anyhow::Result<()> {
+    use sideline::rulepack_cmd;
+    match command {
+        RulepackCommand::Keygen { out } => println!("{}", rulepack_cmd::keygen(&out)?),
+        RulepackCommand::Sign { key, pack, out } => {
+            let envelope = rulepack_cmd::sign(&key, &pack)?;
+            match out {
+                Some(out) => {
+                    std::fs::write(&out, envelope).with_context(|| format!("writing {}", out.display()))?
+                }
+                None => println!("{}", String::from_utf8_lossy(&envelope)),
+            }
+        }
+        RulepackCommand::Check { board, signed, current_version } => {
+            println!("{}", rulepack_cmd::check(&board, &signed, current_version)?)
+        }
+    }
+    Ok(())
 }

@@ -1,19 +1,18 @@
 //! The recorder thread: everything the loop reports (events, alerts) crosses one bounded
-//! hand-off to here, so file and network I/O never stall a frame. Alerts are also appended to
-//! the durable pattern log and offered to the uplink.
+//! hand-off to here, so file and disk I/O never stall a frame. Alerts, ladder changes and
+//! summaries become patterns in the durable store, a batch per wake-up (one fsync for many),
+//! where the uplink finds them.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
 
 use crate::event::Event;
-use crate::handoff::{handoff, Handoff};
-use crate::store::PatternLog;
-use crate::sync::Uplink;
+use crate::handoff::{handoff_with_reserve, Handoff, HandoffRx};
+use crate::store::{NewPattern, Priority, Store};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum EventsDest {
@@ -33,6 +32,8 @@ impl EventsDest {
 
 /// Room for a burst of events while the disk is slow; beyond it events are counted and dropped.
 const CAPACITY: usize = 8192;
+/// Of which kept for alerts, so routine events never crowd them out.
+const ALERT_RESERVE: usize = 1024;
 
 /// The loop's and the output stage's way into the recorder. Cloneable; never blocks.
 pub type RecorderTx = Handoff<Event>;
@@ -43,12 +44,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn spawn(
-        events: Option<&EventsDest>,
-        store: PatternLog,
-        uplink: Box<dyn Uplink>,
-        topic: String,
-    ) -> anyhow::Result<Self> {
+    pub fn spawn(events: Option<&EventsDest>, store: Store) -> anyhow::Result<Self> {
         let out: Option<Box<dyn Write + Send>> = match events {
             None => None,
             Some(EventsDest::Stdout) => Some(Box::new(std::io::stdout())),
@@ -56,12 +52,10 @@ impl Recorder {
                 File::create(p).with_context(|| format!("creating events file {}", p.display()))?,
             )),
         };
-        let (tx, rx) = handoff(CAPACITY);
+        let (tx, rx) = handoff_with_reserve(CAPACITY, ALERT_RESERVE);
         let handle = std::thread::Builder::new()
             .name("recorder".into())
-            .spawn(move || {
-                record(rx, out.map(|w| BufWriter::with_capacity(1 << 16, w)), store, uplink, topic)
-            })
+            .spawn(move || record(rx, out.map(|w| BufWriter::with_capacity(1 << 16, w)), store))
             .context("starting the recorder thread")?;
         Ok(Self { tx, handle })
     }
@@ -80,27 +74,40 @@ impl Recorder {
     }
 }
 
+/// Which events are kept upstream, and how urgently.
+fn pattern_of(ev: &Event) -> Option<(Priority, &'static str, u64)> {
+    match ev {
+        Event::Alert(a) => Some((Priority::Safety, "alert", a.capture_us)),
+        Event::Ladder { .. } => {
+            Some((Priority::Telemetry, "ladder", crate::clock::MonoTime::now().as_micros()))
+        }
+        Event::Rules { .. } => Some((Priority::Event, "rulepack", crate::clock::MonoTime::now().as_micros())),
+        Event::Summary(_) => {
+            Some((Priority::Telemetry, "summary", crate::clock::MonoTime::now().as_micros()))
+        }
+        Event::Detection { .. } | Event::Frame { .. } | Event::Status { .. } => None,
+    }
+}
+
 fn record(
-    rx: Receiver<Event>,
+    rx: HandoffRx<Event>,
     mut out: Option<BufWriter<Box<dyn Write + Send>>>,
-    mut store: PatternLog,
-    mut uplink: Box<dyn Uplink>,
-    topic: String,
+    mut store: Store,
 ) -> anyhow::Result<()> {
     let mut line = Vec::with_capacity(1024);
+    let mut batch: Vec<NewPattern> = Vec::with_capacity(256);
     let mut first_err: Option<anyhow::Error> = None;
     while let Ok(ev) = rx.recv() {
         let mut next = Some(ev);
-        // Write everything queued, then flush once: events reach a reader promptly.
+        // Write everything queued, then flush and commit once.
         while let Some(ev) = next {
             line.clear();
-            // Serialise only what goes somewhere: every event to an events file, alerts always.
-            if out.is_some() || matches!(ev, Event::Alert(_)) {
+            let pattern = pattern_of(&ev);
+            if out.is_some() || pattern.is_some() {
                 serde_json::to_writer(&mut line, &ev)?;
-                line.push(b'\n');
             }
             if let Some(w) = out.as_mut() {
-                if let Err(e) = w.write_all(&line) {
+                if let Err(e) = w.write_all(&line).and_then(|()| w.write_all(b"\n")) {
                     first_err.get_or_insert(anyhow::Error::new(e).context("writing events"));
                     out = None;
                 }
@@ -111,16 +118,9 @@ fn record(
             if let Event::Ladder { frame, from, to, .. } = &ev {
                 tracing::warn!(frame, from, to, "degradation level changed");
             }
-            if let Event::Alert(a) = &ev {
-                if let Err(e) = store.append(a) {
-                    tracing::error!("pattern store: {e}");
-                    first_err.get_or_insert(e.into());
-                }
-                if uplink.is_connected() {
-                    if let Err(e) = uplink.publish(&topic, &line) {
-                        tracing::warn!("uplink: {e}; the pattern stays in the local store");
-                    }
-                }
+            if let Some((priority, kind, capture_us)) = pattern {
+                let body = String::from_utf8_lossy(&line).into_owned();
+                batch.push(NewPattern { priority, kind, capture_us, body });
             }
             next = rx.try_recv().ok();
         }
@@ -129,6 +129,13 @@ fn record(
                 first_err.get_or_insert(anyhow::Error::new(e).context("writing events"));
                 out = None;
             }
+        }
+        if !batch.is_empty() {
+            if let Err(e) = store.append(&batch) {
+                tracing::error!("{e}; {} patterns not stored", batch.len());
+                first_err.get_or_insert(e.into());
+            }
+            batch.clear();
         }
     }
     match first_err {

@@ -24,8 +24,7 @@ use sideline::pipeline::perception::Perception;
 use sideline::pipeline::{frame_budget, RunOptions};
 use sideline::recorder::{EventsDest, Recorder};
 use sideline::rules::{AlertState, RuleSet};
-use sideline::store::PatternLog;
-use sideline::sync::SimUplink;
+use sideline::store::{Store, StoreConfig};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -190,9 +189,7 @@ fn run(board: &Board, camera: Camera, model: SlowModel, dir: &Path) -> Run {
     let events = dir.join("events.jsonl");
     let recorder = Recorder::spawn(
         Some(&EventsDest::File(events.clone())),
-        PatternLog::open(&board.storage.path).unwrap(),
-        Box::new(SimUplink::new(false)),
-        "t".into(),
+        Store::open(&board.storage.path, StoreConfig::default()).unwrap(),
     )
     .unwrap();
     let parts = Parts {
@@ -205,6 +202,7 @@ fn run(board: &Board, camera: Camera, model: SlowModel, dir: &Path) -> Run {
         heartbeat: Some(0),
         recorder,
         cfg: board.frame_loop.clone(),
+        rules_inbox: None,
     };
     let opts = RunOptions { pace: true, frame_events: true, ..RunOptions::default() };
     let summary = frame_loop::run(parts, &opts, &STOP).unwrap();

@@ -6,6 +6,7 @@
 //! at the field can fix all of them in one go.
 
 mod locate;
+pub mod rulepack;
 mod schema;
 mod validate;
 
@@ -102,5 +103,10 @@ impl Board {
             fix(&mut pose.path);
         }
         fix(&mut self.storage.path);
+        if let Some(sync) = &mut self.sync {
+            fix(&mut sync.ca);
+            fix(&mut sync.cert);
+            fix(&mut sync.key);
+        }
     }
 }

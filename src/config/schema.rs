@@ -19,6 +19,9 @@ pub struct Board {
     pub rules: Rules,
     pub outputs: Vec<Output>,
     pub storage: Storage,
+    /// Upstream sync; without it patterns stay in the local store.
+    #[serde(default)]
+    pub sync: Option<Sync>,
     /// The deadline loop: budgets, degradation ladder, alarms, real-time settings.
     #[serde(rename = "loop", default)]
     pub frame_loop: FrameLoop,
@@ -305,6 +308,98 @@ pub struct Output {
 pub struct Storage {
     /// Directory for the device's durable state.
     pub path: PathBuf,
+    /// Most bytes the pattern store may hold; beyond it the lowest priority, oldest patterns go
+    /// first, and safety patterns only when nothing else is left.
+    #[serde(default = "default_budget_mb")]
+    pub budget_mb: f64,
+    /// How long an unsent pattern stays worth sending, per priority class.
+    #[serde(default)]
+    pub ttl_s: Ttl,
+}
+
+fn default_budget_mb() -> f64 {
+    256.0
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ttl {
+    #[serde(default = "default_ttl_safety")]
+    pub safety: f64,
+    #[serde(default = "default_ttl_event")]
+    pub event: f64,
+    #[serde(default = "default_ttl_telemetry")]
+    pub telemetry: f64,
+}
+
+impl Default for Ttl {
+    fn default() -> Self {
+        Self { safety: default_ttl_safety(), event: default_ttl_event(), telemetry: default_ttl_telemetry() }
+    }
+}
+
+fn default_ttl_safety() -> f64 {
+    30.0 * 86_400.0
+}
+fn default_ttl_event() -> f64 {
+    7.0 * 86_400.0
+}
+fn default_ttl_telemetry() -> f64 {
+    86_400.0
+}
+
+/// The upstream link: MQTT over TLS with a client certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sync {
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// PEM files: the CA that signed the broker's certificate, this device's certificate and key.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Topic prefix; topics are `<prefix>/v1/<device_id>/...` (see docs/SYNC.md).
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Patterns per published message.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Messages awaiting the broker's acknowledgement at once.
+    #[serde(default = "default_inflight")]
+    pub inflight: usize,
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: f64,
+    /// Reconnect backoff: doubles from the first to the last, with jitter.
+    #[serde(default = "default_backoff_min_s")]
+    pub backoff_min_s: f64,
+    #[serde(default = "default_backoff_max_s")]
+    pub backoff_max_s: f64,
+    /// ed25519 public keys (base64) whose signatures rule packs must carry; none: packs refused.
+    #[serde(default)]
+    pub rulepack_keys: Vec<String>,
+}
+
+fn default_mqtt_port() -> u16 {
+    8883
+}
+fn default_topic_prefix() -> String {
+    "sideline".into()
+}
+fn default_batch() -> usize {
+    256
+}
+fn default_inflight() -> usize {
+    16
+}
+fn default_keep_alive_s() -> f64 {
+    10.0
+}
+fn default_backoff_min_s() -> f64 {
+    0.2
+}
+fn default_backoff_max_s() -> f64 {
+    30.0
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -36,10 +36,61 @@ pub(super) fn check(b: &Board) -> Findings {
     let outputs = check_outputs(b, &mut f);
     check_rules(b, &outputs, &mut f);
     check_loop(b, &outputs, &mut f);
-    if b.storage.path.as_os_str().is_empty() {
-        f.push(("storage.path".into(), "must not be empty".into()));
+    check_storage(b, &mut f);
+    if let Some(s) = &b.sync {
+        check_sync(s, &mut f);
     }
     f
+}
+
+fn check_storage(b: &Board, f: &mut Findings) {
+    let s = &b.storage;
+    if s.path.as_os_str().is_empty() {
+        f.push(("storage.path".into(), "must not be empty".into()));
+    }
+    if !(s.budget_mb >= 1.0 && s.budget_mb.is_finite()) {
+        f.push(("storage.budget_mb".into(), format!("{} MB is below 1", s.budget_mb)));
+    }
+    for (name, v) in [("safety", s.ttl_s.safety), ("event", s.ttl_s.event), ("telemetry", s.ttl_s.telemetry)]
+    {
+        if !(v > 0.0 && v.is_finite()) {
+            f.push((format!("storage.ttl_s.{name}"), format!("{v} s must be positive")));
+        }
+    }
+}
+
+fn check_sync(s: &Sync, f: &mut Findings) {
+    if s.host.trim().is_empty() {
+        f.push(("sync.host".into(), "must not be empty".into()));
+    }
+    for (name, p) in [("ca", &s.ca), ("cert", &s.cert), ("key", &s.key)] {
+        if !p.is_file() {
+            f.push((format!("sync.{name}"), format!("no such file: {}", p.display())));
+        }
+    }
+    if s.topic_prefix.is_empty() || s.topic_prefix.contains(['#', '+']) || s.topic_prefix.ends_with('/') {
+        f.push(("sync.topic_prefix".into(), format!("`{}` is not a topic prefix", s.topic_prefix)));
+    }
+    if !(1..=10_000).contains(&s.batch) {
+        f.push(("sync.batch".into(), format!("{} is outside 1..=10000", s.batch)));
+    }
+    if !(1..=1000).contains(&s.inflight) {
+        f.push(("sync.inflight".into(), format!("{} is outside 1..=1000", s.inflight)));
+    }
+    if !(s.keep_alive_s >= 1.0 && s.keep_alive_s <= 3600.0) {
+        f.push(("sync.keep_alive_s".into(), format!("{} s is outside 1..=3600", s.keep_alive_s)));
+    }
+    if !(s.backoff_min_s > 0.0 && s.backoff_min_s <= s.backoff_max_s && s.backoff_max_s.is_finite()) {
+        f.push((
+            "sync.backoff_min_s".into(),
+            format!("backoff {}..{} s must be positive and ordered", s.backoff_min_s, s.backoff_max_s),
+        ));
+    }
+    for (i, k) in s.rulepack_keys.iter().enumerate() {
+        if let Err(e) = crate::config::rulepack::parse_public_key(k) {
+            f.push((format!("sync.rulepack_keys[{i}]"), e));
+        }
+    }
 }
 
 fn check_cameras(b: &Board, f: &mut Findings) {

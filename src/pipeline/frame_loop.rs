@@ -42,7 +42,7 @@ use crate::infer::coco;
 use crate::infer::detector::Detection;
 use crate::infer::pose::Pose;
 use crate::recorder::Recorder;
-use crate::rules::{Alert, AlertState, RuleSet, Scene, Tracked, TrackedPose};
+use crate::rules::{Alert, AlertState, Mailbox, RuleSet, RulesUpdate, Scene, Tracked, TrackedPose};
 use crate::telemetry::{alloc, AudioSummary, StageStats, Summary};
 use crate::track::{Tracker, TrackerConfig};
 
@@ -58,6 +58,8 @@ pub struct Parts {
     pub recorder: Recorder,
     pub ladder: Ladder,
     pub cfg: FrameLoop,
+    /// Where accepted rule packs arrive, to be swapped in between frames.
+    pub rules_inbox: Option<Arc<Mailbox<RulesUpdate>>>,
 }
 
 /// Frame buffers in circulation: one being filled, the slot's, one in the loop.
@@ -78,6 +80,7 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
         recorder,
         mut ladder,
         cfg,
+        rules_inbox,
     } = parts;
     let info = camera.info();
     let budget = ladder.budget();
@@ -89,7 +92,7 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     }
     let events = recorder.sender();
     let (output_stage, out) =
-        OutputStage::spawn(outputs, heartbeat, rules.metas().to_vec(), recorder.sender())?;
+        OutputStage::spawn(outputs, heartbeat, rules.shared_metas(), recorder.sender())?;
     let health = Arc::new(Health::new(MonoTime::now()));
     let supervisor =
         Supervisor::spawn(&cfg, health.clone(), rules.alarms(), heartbeat.is_some(), out.clone())?;
@@ -101,8 +104,12 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     let camera_thread =
         spawn_camera(camera, slot.clone(), free_rx, health.clone(), cfg.realtime.clone(), opts.pace, stop)?;
     let audio_done = Arc::new(AtomicBool::new(false));
+    let audio_inbox: Arc<Mailbox<AudioRules>> = Arc::default();
     let audio_thread = microphone
-        .map(|m| spawn_microphone(m, rules.whistles(), out.clone(), stop, audio_done.clone()))
+        .map(|m| {
+            let whistles = (0, rules.whistles().to_vec());
+            spawn_microphone(m, whistles, audio_inbox.clone(), out.clone(), stop, audio_done.clone())
+        })
         .transpose()?;
     if let Some(rt) = &cfg.realtime {
         realtime::apply_to_current_thread(rt, "decision loop");
@@ -139,6 +146,7 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     let mut counted_frames = 0u64;
     let started = MonoTime::now();
     let mut last_status = started;
+    let mut rules_gen = 0u32;
 
     // ---- the loop.
     let result: anyhow::Result<()> = (|| {
@@ -153,6 +161,16 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
             let start = if opts.pace { frame.ts.min(frame.arrived) } else { t0 };
             summary.dropped_frames += frame.seq.saturating_sub(next_seq);
             next_seq = frame.seq + 1;
+
+            // 0. a rule pack arrived: swap it in between frames. Built elsewhere; here only
+            // moves, and the old set's state goes (its alerts are not carried over).
+            if let Some(update) = rules_inbox.as_ref().and_then(|m| m.take()) {
+                rules_gen += 1;
+                rules = update.rules;
+                out.send_urgent(OutputMsg::Rules(rules_gen, rules.shared_metas()));
+                audio_inbox.post((rules_gen, update.whistles));
+                events.send_urgent(Event::Rules { frame: frame.seq, version: update.version });
+            }
 
             // 1. plan: what this frame gets at the current degradation level.
             let mut plan = ladder.plan();
@@ -219,7 +237,8 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
 
             // 7. outputs: hand each alert to the output thread, which drives the lines.
             for &alert in &alerts {
-                out.send(OutputMsg::Alert(AlertMsg { alert, frame: seq, capture: ts, arrived, decided: t4 }));
+                let msg = AlertMsg { alert, frame: seq, capture: ts, arrived, decided: t4, rules: rules_gen };
+                out.send(OutputMsg::Alert(msg));
             }
             let done = MonoTime::now();
             st_out.record(done.since(t4));
@@ -302,6 +321,7 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     summary.alerts_raised = report.raised;
     summary.alerts_cleared = report.cleared;
     summary.events_dropped = events.dropped();
+    summary.alerts_unrecorded = events.dropped_urgent();
     summary.final_level = ladder.level();
     summary.allocs_per_frame =
         (alloc::installed() && counted_frames > 0).then(|| counted_allocs as f64 / counted_frames as f64);
@@ -365,19 +385,25 @@ fn spawn_camera(
     Ok(handle)
 }
 
+/// The audio rules of one rule set generation.
+type AudioRules = (u32, Vec<(usize, crate::config::Whistle)>);
+
 /// The microphone thread: reads chunks and runs the audio rules on them, on the same clock
 /// as the frames, sending alerts straight to the output thread.
 fn spawn_microphone(
     mut mic: Box<dyn AudioSource>,
-    whistles: &[(usize, crate::config::Whistle)],
+    whistles: AudioRules,
+    inbox: Arc<Mailbox<AudioRules>>,
     out: OutputTx,
     stop: &'static AtomicBool,
     done: Arc<AtomicBool>,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<AudioSummary>>> {
     let rate = mic.sample_rate();
     let chunk_len = mic.chunk_len();
-    let mut detectors: Vec<(usize, WhistleDetector)> =
-        whistles.iter().map(|(i, w)| (*i, WhistleDetector::new(w, rate, chunk_len))).collect();
+    let build = move |whistles: &[(usize, crate::config::Whistle)]| -> Vec<(usize, WhistleDetector)> {
+        whistles.iter().map(|(i, w)| (*i, WhistleDetector::new(w, rate, chunk_len))).collect()
+    };
+    let (mut rules_gen, mut detectors) = (whistles.0, build(&whistles.1));
     let handle = std::thread::Builder::new().name("microphone".into()).spawn(move || {
         let mut chunk = AudioChunk { samples: Vec::with_capacity(chunk_len), ..Default::default() };
         let mut s = AudioSummary { peak_dbfs: f32::NEG_INFINITY, ..Default::default() };
@@ -387,6 +413,10 @@ fn spawn_microphone(
                 break;
             }
             let arrived = MonoTime::now();
+            if let Some((generation, whistles)) = inbox.take() {
+                rules_gen = generation;
+                detectors = build(&whistles);
+            }
             s.chunks += 1;
             samples += chunk.samples.len() as u64;
             s.peak_dbfs = s.peak_dbfs.max(chunk.level_dbfs());
@@ -397,8 +427,9 @@ fn spawn_microphone(
                     None => continue,
                 };
                 let alert = Alert { rule: *rule, state, track: 0, at: Default::default() };
+                let decided = MonoTime::now();
                 let msg =
-                    AlertMsg { alert, frame: chunk.seq, capture: at, arrived, decided: MonoTime::now() };
+                    AlertMsg { alert, frame: chunk.seq, capture: at, arrived, decided, rules: rules_gen };
                 out.send(OutputMsg::Alert(msg));
             }
         }

@@ -11,7 +11,9 @@ pub mod perception;
 pub mod realtime;
 pub mod supervisor;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,11 +21,13 @@ use anyhow::Context;
 use crate::alert;
 use crate::audio::{wav::WavMic, AudioError, AudioSource};
 use crate::capture::{y4m::Y4mCamera, CaptureError, FrameSource};
+use crate::config::rulepack;
 use crate::config::{AudioKind, Board, CameraKind};
 use crate::recorder::{EventsDest, Recorder};
-use crate::rules::RuleSet;
-use crate::store::PatternLog;
-use crate::sync::{pattern_topic, SimUplink};
+use crate::rules::{Mailbox, RuleSet, RulesUpdate};
+use crate::store::{Store, StoreConfig};
+use crate::sync::mqtt::{MqttLink, MqttSettings};
+use crate::sync::{Forwarder, ForwarderConfig, RulesSink};
 use crate::telemetry::Summary;
 
 pub use frame_loop::Parts;
@@ -79,6 +83,9 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
     if board.cameras.len() > 1 {
         tracing::warn!("{} cameras configured; this build runs the first one only", board.cameras.len());
     }
+    let store_cfg = StoreConfig::from_board(&board.storage);
+    let store = Store::open(&board.storage.path, store_cfg).context("opening the pattern store")?;
+    let board = &with_saved_rulepack(board, &store);
     let camera = open_camera(board, opts)?;
     let info = camera.info();
     let ladder = ladder::Ladder::new(&board.frame_loop, frame_budget(board, info.fps));
@@ -88,14 +95,12 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
     let heartbeat =
         board.frame_loop.heartbeat.as_ref().and_then(|h| board.outputs.iter().position(|o| &o.name == h));
     let microphone = open_microphone(board, opts.pace)?;
-    let store = PatternLog::open(&board.storage.path).context("opening the pattern store")?;
-    let recorder = Recorder::spawn(
-        opts.events.as_ref(),
-        store,
-        Box::new(SimUplink::new(true)),
-        pattern_topic(&board.board.device_id),
-    )?;
-    frame_loop::run(
+    let uplink = match &board.sync {
+        Some(_) => Some(Uplink::start(board, store_cfg)?),
+        None => None,
+    };
+    let recorder = Recorder::spawn(opts.events.as_ref(), store)?;
+    let summary = frame_loop::run(
         Parts {
             camera,
             microphone,
@@ -106,8 +111,113 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
             recorder,
             ladder,
             cfg: board.frame_loop.clone(),
+            rules_inbox: uplink.as_ref().map(|u| u.rules.clone()),
         },
         opts,
         stop,
-    )
+    );
+    if let Some(u) = uplink {
+        u.finish(&board.storage.path, store_cfg);
+    }
+    summary
+}
+
+/// The profile with the last accepted rule pack applied, so a restart keeps the rules the
+/// fleet sent. A saved pack that no longer verifies (keys rotated, profile changed) is dropped
+/// with a warning: the profile's own rules run.
+fn with_saved_rulepack(board: &Board, store: &Store) -> Board {
+    let keys: Vec<_> = board
+        .sync
+        .iter()
+        .flat_map(|s| &s.rulepack_keys)
+        .filter_map(|k| rulepack::parse_public_key(k).ok())
+        .collect();
+    match store.meta(crate::sync::PACK_ENVELOPE) {
+        Ok(Some(envelope)) => match rulepack::open(envelope.as_bytes(), &keys, board, None) {
+            Ok((pack, applied)) => {
+                tracing::info!("running rule pack {} saved from the uplink", pack.version);
+                applied
+            }
+            Err(e) => {
+                tracing::warn!("the saved rule pack is not used: {e}");
+                board.clone()
+            }
+        },
+        Ok(None) => board.clone(),
+        Err(e) => {
+            tracing::warn!("cannot read the saved rule pack: {e}");
+            board.clone()
+        }
+    }
+}
+
+/// Hands accepted rule packs to the loop as ready-built rule sets.
+struct LoopRules(Arc<Mailbox<RulesUpdate>>);
+
+impl RulesSink for LoopRules {
+    fn apply(&mut self, board: &Board, version: u64) -> Result<(), String> {
+        let update = RulesUpdate::new(board, version).map_err(|e| e.to_string())?;
+        self.0.post(update);
+        Ok(())
+    }
+}
+
+/// The uplink thread, running beside the loop.
+struct Uplink {
+    rules: Arc<Mailbox<RulesUpdate>>,
+    stats: Arc<crate::sync::SyncStats>,
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+/// How long the uplink may keep sending after the loop ended (the run's summary, last alerts).
+const UPLINK_GRACE: Duration = Duration::from_secs(3);
+
+impl Uplink {
+    fn start(board: &Board, store_cfg: StoreConfig) -> anyhow::Result<Self> {
+        let s = board.sync.as_ref().context("no [sync] section")?;
+        let cfg = ForwarderConfig::from_board(board).map_err(anyhow::Error::msg)?;
+        let tls = crate::sync::tls::client_config(&s.ca, &s.cert, &s.key).context("sync: TLS set-up")?;
+        let offline = serde_json::json!({"schema": crate::sync::schema::STATUS_SCHEMA, "state": "offline",
+            "device": board.board.device_id});
+        let link = MqttLink::new(MqttSettings {
+            host: s.host.clone(),
+            port: s.port,
+            client_id: board.board.device_id.clone(),
+            tls,
+            keep_alive: Duration::from_secs_f64(s.keep_alive_s),
+            inflight: s.inflight.min(u16::MAX as usize) as u16,
+            last_will: Some((cfg.topics.status(), offline.to_string().into_bytes())),
+        });
+        let store =
+            Store::open(&board.storage.path, store_cfg).context("opening the pattern store for sync")?;
+        let rules: Arc<Mailbox<RulesUpdate>> = Arc::default();
+        let forwarder = Forwarder::new(link, store, cfg, Some(Box::new(LoopRules(rules.clone()))))
+            .context("starting the uplink")?;
+        let stats = forwarder.stats();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("uplink".into())
+            .spawn(move || forwarder.run(&thread_stop))
+            .context("starting the uplink thread")?;
+        Ok(Self { rules, stats, stop, handle })
+    }
+
+    /// Gives the uplink a moment to send what the run left in the store, then stops it.
+    fn finish(self, dir: &std::path::Path, store_cfg: StoreConfig) {
+        let until = std::time::Instant::now() + UPLINK_GRACE;
+        if let Ok(store) = Store::open(dir, store_cfg) {
+            while std::time::Instant::now() < until
+                && self.stats.connected.load(Ordering::Relaxed)
+                && store.backlog().map(|b| b.count.iter().sum::<u64>() > 0).unwrap_or(false)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        if self.handle.join().is_err() {
+            tracing::error!("uplink thread panicked");
+        }
+    }
 }

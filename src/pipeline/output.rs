@@ -2,7 +2,7 @@
 //! hand it small `Copy` messages over a bounded queue, so deciding never waits on a slow line or
 //! port, and the output thread reports what it drove, and when, to the recorder.
 
-use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::alert::{AlertOutput, Signal};
 use crate::clock::MonoTime;
 use crate::event::{AlertEvent, Event};
-use crate::handoff::{handoff, Handoff};
+use crate::handoff::{handoff, Handoff, HandoffRx};
 use crate::recorder::RecorderTx;
 use crate::rules::{Alert, AlertState, RuleMeta};
 use crate::telemetry::{StageStats, StageSummary};
@@ -23,12 +23,16 @@ pub struct AlertMsg {
     /// When the frame reached the loop: the alert's latency runs from here.
     pub arrived: MonoTime,
     pub decided: MonoTime,
+    /// Generation of the rule set `alert.rule` indexes (0: the one the run started with).
+    pub rules: u32,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum OutputMsg {
     Alert(AlertMsg),
     Heartbeat(bool),
+    /// A new rule set's metadata, sent before any alert of it.
+    Rules(u32, Arc<[RuleMeta]>),
 }
 
 /// Sending side, shared by the loop and the supervisor; never blocks.
@@ -54,7 +58,7 @@ impl OutputStage {
     pub fn spawn(
         outputs: Vec<Box<dyn AlertOutput>>,
         heartbeat: Option<usize>,
-        meta: Vec<RuleMeta>,
+        meta: Arc<[RuleMeta]>,
         recorder: RecorderTx,
     ) -> anyhow::Result<(Self, OutputTx)> {
         let (tx, rx) = handoff(CAPACITY);
@@ -72,12 +76,15 @@ impl OutputStage {
 }
 
 fn drive(
-    rx: Receiver<OutputMsg>,
+    rx: HandoffRx<OutputMsg>,
     mut outputs: Vec<Box<dyn AlertOutput>>,
     heartbeat: Option<usize>,
-    meta: Vec<RuleMeta>,
+    meta: Arc<[RuleMeta]>,
     recorder: RecorderTx,
 ) -> OutputReport {
+    // Every generation's metadata: an alert queued before a rule pack change still names the
+    // rule it was raised for. Packs are rare, so this stays small.
+    let mut tables: Vec<(u32, Arc<[RuleMeta]>)> = vec![(0, meta)];
     let mut report = OutputReport::default();
     let mut latency = StageStats::new("decide->out");
     while let Ok(msg) = rx.recv() {
@@ -93,8 +100,10 @@ fn drive(
                     }
                 }
             }
+            OutputMsg::Rules(generation, meta) => tables.push((generation, meta)),
             OutputMsg::Alert(m) => {
-                let Some(rule) = meta.get(m.alert.rule) else { continue };
+                let table = tables.iter().rev().find(|(g, _)| *g == m.rules).or(tables.last());
+                let Some(rule) = table.and_then(|(_, t)| t.get(m.alert.rule)) else { continue };
                 let signal = Signal { rule, state: m.alert.state, track: m.alert.track, frame: m.frame };
                 let mut driven = Vec::with_capacity(rule.outputs.len());
                 for &oi in &rule.outputs {
@@ -113,7 +122,7 @@ fn drive(
                     AlertState::Raised => report.raised += 1,
                     AlertState::Cleared => report.cleared += 1,
                 }
-                recorder.send(Event::Alert(AlertEvent {
+                recorder.send_urgent(Event::Alert(AlertEvent {
                     rule: rule.name.clone(),
                     kind: rule.kind,
                     severity: rule.severity,

@@ -79,6 +79,8 @@ impl Alarm {
             capture: now,
             arrived: now,
             decided: now,
+            // The alarms have the same index in every rule set.
+            rules: 0,
         }));
     }
 }

@@ -6,6 +6,8 @@
 pub mod player_down;
 pub mod zone;
 
+use std::sync::{Arc, Mutex};
+
 use serde::Serialize;
 
 use crate::clock::MonoTime;
@@ -82,7 +84,7 @@ pub struct Alert {
 }
 
 pub struct RuleSet {
-    meta: Vec<RuleMeta>,
+    meta: Arc<[RuleMeta]>,
     camera_blind: usize,
     loop_stalled: usize,
     /// Audio rules, run on the microphone thread: (rule index, configuration).
@@ -97,7 +99,28 @@ impl RuleSet {
         let out_index = |names: &[String]| -> Vec<usize> {
             names.iter().filter_map(|n| board.outputs.iter().position(|o| &o.name == n)).collect()
         };
-        let mut meta = Vec::new();
+        // The loop's own alarms come first: their indexes are the same in every rule set, so
+        // the supervisor's alerts mean the same rule across a rule pack change.
+        let alarm_outputs: Vec<usize> = if board.frame_loop.alarm_outputs.is_empty() {
+            (0..board.outputs.len()).collect()
+        } else {
+            out_index(&board.frame_loop.alarm_outputs)
+        };
+        let mut meta = vec![
+            RuleMeta {
+                name: "camera-blind".into(),
+                kind: RuleKind::CameraBlind,
+                severity: Severity::Critical,
+                outputs: alarm_outputs.clone(),
+            },
+            RuleMeta {
+                name: "loop-stalled".into(),
+                kind: RuleKind::LoopStalled,
+                severity: Severity::Critical,
+                outputs: alarm_outputs,
+            },
+        ];
+        let (camera_blind, loop_stalled) = (0, 1);
         let mut zones = Vec::new();
         for z in &board.rules.zone_incursion {
             zones.push(zone::ZoneRule::new(meta.len(), z)?);
@@ -119,26 +142,6 @@ impl RuleSet {
                 outputs: out_index(&r.outputs),
             });
         }
-        // The loop's own alarms: to the configured alarm outputs, else to every output.
-        let alarm_outputs = if board.frame_loop.alarm_outputs.is_empty() {
-            (0..board.outputs.len()).collect()
-        } else {
-            out_index(&board.frame_loop.alarm_outputs)
-        };
-        let camera_blind = meta.len();
-        meta.push(RuleMeta {
-            name: "camera-blind".into(),
-            kind: RuleKind::CameraBlind,
-            severity: Severity::Critical,
-            outputs: alarm_outputs.clone(),
-        });
-        let loop_stalled = meta.len();
-        meta.push(RuleMeta {
-            name: "loop-stalled".into(),
-            kind: RuleKind::LoopStalled,
-            severity: Severity::Critical,
-            outputs: alarm_outputs,
-        });
         let mut whistles = Vec::new();
         for w in &board.rules.whistle {
             whistles.push((meta.len(), w.clone()));
@@ -149,12 +152,17 @@ impl RuleSet {
                 outputs: out_index(&w.outputs),
             });
         }
-        Ok(Self { meta, camera_blind, loop_stalled, zones, downs, whistles })
+        Ok(Self { meta: meta.into(), camera_blind, loop_stalled, zones, downs, whistles })
     }
 
     /// Every rule's metadata, indexed by [`Alert::rule`].
     pub fn metas(&self) -> &[RuleMeta] {
         &self.meta
+    }
+
+    /// The same, shared with the output thread without copying.
+    pub fn shared_metas(&self) -> Arc<[RuleMeta]> {
+        self.meta.clone()
     }
 
     /// Whistle rules with their indexes, for the microphone thread.
@@ -176,6 +184,50 @@ impl RuleSet {
             for d in &mut self.downs {
                 d.evaluate(scene.ts, poses, alerts);
             }
+        }
+    }
+}
+
+/// Rules from an accepted rule pack, built off the loop and waiting to be swapped in.
+pub struct RulesUpdate {
+    pub version: u64,
+    pub rules: RuleSet,
+    /// A copy of the audio rules for the microphone thread, made here so the loop need not.
+    pub whistles: Vec<(usize, crate::config::Whistle)>,
+}
+
+impl RulesUpdate {
+    pub fn new(board: &Board, version: u64) -> Result<Self, crate::geometry::PolygonError> {
+        let rules = RuleSet::new(board)?;
+        let whistles = rules.whistles().to_vec();
+        Ok(Self { version, rules, whistles })
+    }
+}
+
+/// A one-place mailbox between a thread that builds something and one that must never wait
+/// for it: the newest post wins, and the taker only ever tries the lock.
+pub struct Mailbox<T> {
+    slot: Mutex<Option<T>>,
+}
+
+impl<T> Default for Mailbox<T> {
+    fn default() -> Self {
+        Self { slot: Mutex::new(None) }
+    }
+}
+
+impl<T> Mailbox<T> {
+    pub fn post(&self, item: T) {
+        // A poisoned lock only means a taker panicked; the slot itself is still sound.
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(item);
+    }
+
+    /// What was posted, if anything and if the lock is free right now.
+    pub fn take(&self) -> Option<T> {
+        match self.slot.try_lock() {
+            Ok(mut g) => g.take(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().take(),
+            Err(std::sync::TryLockError::WouldBlock) => None,
         }
     }
 }

@@ -1,63 +1,54 @@
-//! The uplink: how patterns leave the device. An [`Uplink`] publishes a payload on a topic and
-//! says whether the link is up; the simulated one keeps what it was given, so the rest of the
-//! system (and tests) can be exercised without a broker. MQTT over TLS plugs in behind it.
+//! Store-and-forward to upstream: patterns leave the durable store over MQTT (QoS 1, TLS with a
+//! client certificate) and are deleted only once the broker has acknowledged them; signed rule
+//! packs come back down on a retained topic.
+//!
+//! [`Forwarder`] holds the policy (priority order, batching, backoff, TTL, rule packs) and is
+//! generic over a [`Link`]: [`mqtt::MqttLink`] is the real one. Topics and payloads are
+//! specified in docs/SYNC.md and built in [`schema`].
+
+mod forwarder;
+pub mod mqtt;
+pub mod schema;
+pub mod tls;
+
+use std::time::Duration;
+
+pub use forwarder::{Forwarder, ForwarderConfig, RulesSink, SyncStats, PACK_ENVELOPE, PACK_VERSION};
+
+/// Identifies one publish until the broker acknowledges it.
+pub type Token = u64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkEvent {
+    Connected,
+    /// The connection is gone; in-flight publishes are void and must be sent again.
+    Disconnected(String),
+    /// The broker has the publish with this token.
+    Acked(Token),
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
+}
 
 #[derive(Debug, thiserror::Error)]
-pub enum UplinkError {
-    #[error("uplink is offline")]
-    Offline,
-    #[error("publish to `{topic}` failed: {message}")]
+pub enum LinkError {
+    #[error("not connected")]
+    NotConnected,
+    #[error("{0}")]
+    Setup(String),
+    #[error("publish to `{topic}` refused: {message}")]
     Publish { topic: String, message: String },
 }
 
-pub trait Uplink: Send {
-    fn is_connected(&self) -> bool;
-    /// Publishes and returns once the far side has acknowledged.
-    fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), UplinkError>;
-}
-
-/// Keeps published messages in memory; can be switched off to simulate a dead link.
-#[derive(Debug, Default)]
-pub struct SimUplink {
-    pub online: bool,
-    pub sent: Vec<(String, Vec<u8>)>,
-}
-
-impl SimUplink {
-    pub fn new(online: bool) -> Self {
-        Self { online, sent: Vec::new() }
-    }
-}
-
-impl Uplink for SimUplink {
-    fn is_connected(&self) -> bool {
-        self.online
-    }
-
-    fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), UplinkError> {
-        if !self.online {
-            return Err(UplinkError::Offline);
-        }
-        self.sent.push((topic.to_string(), payload.to_vec()));
-        Ok(())
-    }
-}
-
-/// Topic for a device's patterns.
-pub fn pattern_topic(device_id: &str) -> String {
-    format!("sideline/v1/{device_id}/patterns")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn offline_uplink_refuses() {
-        let mut u = SimUplink::new(false);
-        assert!(matches!(u.publish("t", b"x"), Err(UplinkError::Offline)));
-        u.online = true;
-        u.publish(&pattern_topic("dev1"), b"x").unwrap();
-        assert_eq!(u.sent[0].0, "sideline/v1/dev1/patterns");
-    }
+/// A message link to a broker, with at-least-once delivery.
+pub trait Link: Send {
+    /// Starts a new connection, discarding any previous one.
+    fn connect(&mut self) -> Result<(), LinkError>;
+    fn disconnect(&mut self);
+    /// Queues a QoS 1 publish; its token comes back in [`LinkEvent::Acked`].
+    fn publish(&mut self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<Token, LinkError>;
+    fn subscribe(&mut self, filter: &str) -> Result<(), LinkError>;
+    /// The next event, waiting at most `timeout`.
+    fn poll(&mut self, timeout: Duration) -> Option<LinkEvent>;
 }

@@ -116,6 +116,8 @@ pub struct Summary {
     pub events_dropped: u64,
     /// Alerts the output stage could not take in time.
     pub alerts_dropped: u64,
+    /// Alerts driven but not recorded: the recorder's queue was full even in its reserve.
+    pub alerts_unrecorded: u64,
     /// Decided frames whose decision came after capture + budget.
     pub deadline_misses: u64,
     pub budget_ms: f64,
@@ -149,10 +151,10 @@ impl Summary {
         if let Some(a) = self.allocs_per_frame {
             s.push_str(&format!("; {a:.2} allocations per frame"));
         }
-        if self.events_dropped + self.alerts_dropped > 0 {
+        if self.events_dropped + self.alerts_dropped + self.alerts_unrecorded > 0 {
             s.push_str(&format!(
-                "; {} events and {} alerts dropped",
-                self.events_dropped, self.alerts_dropped
+                "; {} events and {} alerts dropped, {} alerts not recorded",
+                self.events_dropped, self.alerts_dropped, self.alerts_unrecorded
             ));
         }
         if let Some(a) = &self.audio {
