@@ -41,7 +41,10 @@ pub enum Event {
         direction: &'static str,
     },
     /// A rule pack was swapped in before this frame.
-    Rules { frame: u64, version: u64 },
+    Rules {
+        frame: u64,
+        version: u64,
+    },
     /// A periodic sign of life, logged by the recorder.
     Status {
         frame: u64,

@@ -12,6 +12,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use sideline::geometry::{BBox, Point, Polygon};
+use sideline::store::{Priority, Store, StoreConfig};
 
 const FRAMES: u64 = 200;
 
@@ -144,7 +145,14 @@ fn sample_footage_detections_and_zone_alerts() {
         assert_eq!(a["kind"], "whistle");
     }
 
-    // The durable store holds every alert the events file reported.
-    let stored = std::fs::read_to_string(dir.path().join("state/patterns.jsonl")).unwrap();
-    assert_eq!(stored.lines().count(), alerts.len());
+    // The durable store holds every alert the events file reported, as safety patterns in
+    // the same order, and the run's summary as telemetry.
+    let store = Store::open(&dir.path().join("state"), StoreConfig::default()).unwrap();
+    let mut stored = Vec::new();
+    store.next_batch(Priority::Safety, 0, 100_000, 0, &mut stored).unwrap();
+    let stored: Vec<Value> = stored.iter().map(|p| serde_json::from_str(&p.body).unwrap()).collect();
+    assert_eq!(stored.iter().collect::<Vec<_>>(), alerts);
+    let mut telemetry = Vec::new();
+    store.next_batch(Priority::Telemetry, 0, 100_000, 0, &mut telemetry).unwrap();
+    assert!(telemetry.iter().any(|p| p.kind == "summary"), "the run's summary is kept");
 }
