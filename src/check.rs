@@ -103,7 +103,21 @@ pub fn check(board: &Board) -> anyhow::Result<String> {
             .as_ref()
             .map_or("off".to_string(), |r| format!("SCHED_FIFO {} on CPUs {:?}", r.priority, r.cpus)),
     ));
-    report.push(format!("storage: {}", board.storage.path.display()));
+    report.push(format!("storage: {} (budget {} MB)", board.storage.path.display(), board.storage.budget_mb));
+    match &board.sync {
+        Some(s) => {
+            crate::sync::tls::client_config(&s.ca, &s.cert, &s.key).context("sync: TLS files")?;
+            report.push(format!(
+                "sync: mqtts://{}:{} as `{}`, CA and client certificate load; {} rule pack key(s); \
+                 the broker itself is not contacted",
+                s.host,
+                s.port,
+                board.board.device_id,
+                s.rulepack_keys.len()
+            ));
+        }
+        None => report.push("sync: off (patterns stay in the local store)".into()),
+    }
     Ok(report.join("\n"))
 }
 

@@ -157,3 +157,34 @@ fn class_threshold_for_a_class_not_detected() {
         "is not in models.detector.classes",
     );
 }
+
+#[test]
+fn sync_section_problems_are_named() {
+    let err = expect_rejected(
+        |t| {
+            format!(
+                "{t}\n[sync]\nhost = \"broker.example\"\nca = \"/nonexistent/ca.pem\"\ncert = \"/nonexistent/c.pem\"\n\
+                 key = \"/nonexistent/k.pem\"\nrulepack_keys = [\"not-a-key\"]\n"
+            )
+        },
+        "sync.cert",
+        "no such file",
+    );
+    assert!(err.contains("sync.rulepack_keys[0]"), "{err}");
+}
+
+#[test]
+fn sync_with_unreadable_certificates_fails_check() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["ca.pem", "c.pem", "k.pem"] {
+        std::fs::write(dir.path().join(f), "not PEM").unwrap();
+    }
+    let d = dir.path().display().to_string();
+    let board = common::sim_profile(dir.path(), |t| {
+        format!("{t}\n[sync]\nhost = \"b\"\nca = \"{d}/ca.pem\"\ncert = \"{d}/c.pem\"\nkey = \"{d}/k.pem\"\n")
+    });
+    let out = sideline(&["check"], &board);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("ca.pem") && err.contains("no PEM certificate"), "{err}");
+}

@@ -163,8 +163,23 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
             next_seq = frame.seq + 1;
 
             // 0. a rule pack arrived: swap it in between frames. Built elsewhere; here only
-            // moves, and the old set's state goes (its alerts are not carried over).
+            // moves. What the old rules hold raised is cleared first, under the old rules.
             if let Some(update) = rules_inbox.as_ref().and_then(|m| m.take()) {
+                alerts.clear();
+                rules.clear_all(&mut alerts);
+                let now = MonoTime::now();
+                for &alert in &alerts {
+                    let (capture, arrived) = (frame.ts, frame.arrived);
+                    let msg = AlertMsg {
+                        alert,
+                        frame: frame.seq,
+                        capture,
+                        arrived,
+                        decided: now,
+                        rules: rules_gen,
+                    };
+                    out.send(OutputMsg::Alert(msg));
+                }
                 rules_gen += 1;
                 rules = update.rules;
                 out.send_urgent(OutputMsg::Rules(rules_gen, rules.shared_metas()));

@@ -124,7 +124,8 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
 
 /// The profile with the last accepted rule pack applied, so a restart keeps the rules the
 /// fleet sent. A saved pack that no longer verifies (keys rotated, profile changed) is dropped
-/// with a warning: the profile's own rules run.
+/// with a warning and forgotten, so the device neither reports it as running nor refuses the
+/// same version re-signed: the profile's own rules run.
 fn with_saved_rulepack(board: &Board, store: &Store) -> Board {
     let keys: Vec<_> = board
         .sync
@@ -140,6 +141,12 @@ fn with_saved_rulepack(board: &Board, store: &Store) -> Board {
             }
             Err(e) => {
                 tracing::warn!("the saved rule pack is not used: {e}");
+                if let Err(e) = store.forget_meta(crate::sync::PACK_ENVELOPE) {
+                    tracing::error!("cannot forget the saved rule pack: {e}");
+                }
+                if let Err(e) = store.forget_meta(crate::sync::PACK_VERSION) {
+                    tracing::error!("cannot forget the saved rule pack: {e}");
+                }
                 board.clone()
             }
         },

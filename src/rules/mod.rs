@@ -175,6 +175,17 @@ impl RuleSet {
         (self.camera_blind, self.loop_stalled)
     }
 
+    /// Clears every alert these rules hold raised, appending the `Cleared` alerts: the rule set
+    /// is being replaced, and an output latched by it must not stay on for a rule that is gone.
+    pub fn clear_all(&mut self, alerts: &mut Vec<Alert>) {
+        for z in &mut self.zones {
+            z.clear_all(alerts);
+        }
+        for d in &mut self.downs {
+            d.clear_all(alerts);
+        }
+    }
+
     /// Evaluates every rule on one frame, appending alerts.
     pub fn evaluate(&mut self, scene: &Scene<'_>, alerts: &mut Vec<Alert>) {
         for z in &mut self.zones {
@@ -255,6 +266,10 @@ impl<S: Default> TrackStates<S> {
         };
         self.items[i].1 = ts;
         &mut self.items[i].2
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut S)> {
+        self.items.iter_mut().map(|(t, _, s)| (*t, s))
     }
 
     /// Forgets tracks unseen for `max_age`, handing each to `on_expire` first.

@@ -145,6 +145,19 @@ impl PlayerDownRule {
         }
         self.states.expire(ts, FORGET_AFTER, |_, _| {});
     }
+
+    /// Clears every raised alert (the rule is being replaced).
+    pub fn clear_all(&mut self, alerts: &mut Vec<Alert>) {
+        for (track, s) in self.states.iter_mut().filter(|(_, s)| s.active) {
+            s.active = false;
+            alerts.push(Alert {
+                rule: self.index,
+                state: AlertState::Cleared,
+                track,
+                at: Default::default(),
+            });
+        }
+    }
 }
 
 fn dist(a: Point, b: Point) -> f32 {

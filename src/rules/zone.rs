@@ -72,6 +72,19 @@ impl ZoneRule {
         }
         self.states.expire(scene.ts, FORGET_AFTER, |_, _| {});
     }
+
+    /// Clears every raised alert (the rule is being replaced).
+    pub fn clear_all(&mut self, alerts: &mut Vec<Alert>) {
+        for (track, s) in self.states.iter_mut().filter(|(_, s)| s.active) {
+            s.active = false;
+            alerts.push(Alert {
+                rule: self.index,
+                state: AlertState::Cleared,
+                track,
+                at: Default::default(),
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +124,20 @@ mod tests {
         let scene = Scene { seq: i, ts: MonoTime::from_nanos(i * 100_000_000), objects: objs, poses: None };
         r.evaluate(&scene, &mut alerts);
         alerts
+    }
+
+    #[test]
+    fn replacing_the_rule_clears_what_it_raised() {
+        let mut r = rule(1, 0.0);
+        let a = step(&mut r, 0, &[person(1, 150.0, 150.0), person(2, 150.0, 250.0)]);
+        assert_eq!((a.len(), a[0].state, a[0].track), (1, AlertState::Raised, 1));
+        let mut cleared = vec![];
+        r.clear_all(&mut cleared);
+        assert_eq!(cleared.len(), 1, "only the raised track: {cleared:?}");
+        assert_eq!((cleared[0].state, cleared[0].track), (AlertState::Cleared, 1));
+        cleared.clear();
+        r.clear_all(&mut cleared);
+        assert!(cleared.is_empty());
     }
 
     #[test]

@@ -300,6 +300,10 @@ impl Store {
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         meta_set(&self.db, key, value).map_err(self.sql())
     }
+
+    pub fn forget_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.db.execute("DELETE FROM meta WHERE key = ?1", [key]).map(drop).map_err(self.sql())
+    }
 }
 
 /// Removes patterns until `bytes` fits `budget`: telemetry, then events, then safety, oldest
