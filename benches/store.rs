@@ -93,7 +93,7 @@ fn lookups(sizes: &Sizes) {
         let t = Instant::now();
         found += cache.last(rule, track).is_some() as usize;
         found += cache
-            .raised_near(rule, Point { x: (i % 700) as f32, y: 100.0 }, 40.0, MonoTime::from_nanos(0))
+            .raised_near(rule, 999, Point { x: (i % 700) as f32, y: 100.0 }, 40.0, MonoTime::from_nanos(0))
             .is_some() as usize;
         times.push(t.elapsed());
     }

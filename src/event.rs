@@ -69,4 +69,8 @@ pub struct AlertEvent {
     pub latency_us: u64,
     pub outputs: Vec<String>,
     pub at: Point,
+    /// A player-down raised next to one still open: the track that is probably the same
+    /// player (the tracker gave them a new id). Raised anyway: two players can go down together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub same_as: Option<u32>,
 }

@@ -239,9 +239,13 @@ fn alerts_reach_upstream_rule_packs_change_rules_live_and_survive_a_restart_offl
         "the swap at frame {swap} follows the alert it waited for: {road_alert}"
     );
     // One process decided every frame, on both sides of the swap: it was not restarted.
+    // (A loaded machine may make the ladder skip frames: decided frames rise, not necessarily
+    // one by one.)
     let decided: Vec<u64> = first.of("frame").map(frame).collect();
-    assert_eq!(decided, (0..FRAMES).collect::<Vec<_>>(), "one frame event per frame, in order");
-    assert!(swap + 20 < FRAMES, "the swap at frame {swap} left too few frames to see the new rules");
+    assert!(decided.windows(2).all(|w| w[0] < w[1]), "frames decided in order: {decided:?}");
+    assert_eq!(decided.first(), Some(&0), "{decided:?}");
+    let after = decided.iter().filter(|&&f| f >= swap).count();
+    assert!(after >= 20, "the swap at frame {swap} left {after} frames to see the new rules");
     let zone = first.zone_alerts();
     assert!(zone.contains(&&road_alert), "{road_alert} is among the alerts");
     for a in &zone {

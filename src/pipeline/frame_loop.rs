@@ -4,7 +4,8 @@
 //! camera thread --(latest-frame slot)--> decision loop --(bounded)--> output thread --> outputs
 //!                                          | plan (ladder) -> preprocess -> detect -> pose
 //!                                          | track -> rules -> hand alerts to the outputs
-//!                                          '--(bounded)--> recorder thread (events, store, uplink)
+//!                                          '--(bounded)--> recorder thread (events, store)
+//! uplink thread: store -> broker; accepted rule packs -> mailbox -> swapped in at step 0
 //! supervisor thread: camera-blind / loop-stalled alarms, heartbeat
 //! microphone thread: audio chunks on the same clock
 //! ```
@@ -42,7 +43,10 @@ use crate::infer::coco;
 use crate::infer::detector::Detection;
 use crate::infer::pose::Pose;
 use crate::recorder::Recorder;
-use crate::rules::{Alert, AlertState, Mailbox, RuleSet, RulesUpdate, Scene, Tracked, TrackedPose};
+use crate::rules::{
+    Alert, AlertState, Mailbox, RuleKind, RuleMeta, RuleSet, RulesUpdate, Scene, Tracked, TrackedPose,
+};
+use crate::store::cache::{Recent, RecentAlerts};
 use crate::telemetry::{alloc, AudioSummary, StageStats, Summary};
 use crate::track::{Tracker, TrackerConfig};
 
@@ -147,6 +151,8 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     let started = MonoTime::now();
     let mut last_status = started;
     let mut rules_gen = 0u32;
+    // Recent alerts, for what a rule on its own cannot know (see `same_player`).
+    let mut recent = RecentAlerts::with_capacity(RECENT_ALERTS);
 
     // ---- the loop.
     let result: anyhow::Result<()> = (|| {
@@ -177,11 +183,13 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
                         arrived,
                         decided: now,
                         rules: rules_gen,
+                        same_as: None,
                     };
                     out.send(OutputMsg::Alert(msg));
                 }
                 rules_gen += 1;
                 rules = update.rules;
+                recent.clear();
                 out.send_urgent(OutputMsg::Rules(rules_gen, rules.shared_metas()));
                 audio_inbox.post((rules_gen, update.whistles));
                 events.send_urgent(Event::Rules { frame: frame.seq, version: update.version });
@@ -252,7 +260,16 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
 
             // 7. outputs: hand each alert to the output thread, which drives the lines.
             for &alert in &alerts {
-                let msg = AlertMsg { alert, frame: seq, capture: ts, arrived, decided: t4, rules: rules_gen };
+                let same_as = same_player(&recent, rules.metas(), &alert, ts);
+                recent.push(Recent {
+                    rule: alert.rule,
+                    track: alert.track,
+                    state: alert.state,
+                    at: alert.at,
+                    ts,
+                });
+                let (decided, rules) = (t4, rules_gen);
+                let msg = AlertMsg { alert, frame: seq, capture: ts, arrived, decided, rules, same_as };
                 out.send(OutputMsg::Alert(msg));
             }
             let done = MonoTime::now();
@@ -400,6 +417,25 @@ fn spawn_camera(
     Ok(handle)
 }
 
+/// Alerts remembered by the loop; a match produces a few hundred at most.
+const RECENT_ALERTS: usize = 1024;
+/// A player-down raised this close to one still open, within this time, is probably the same
+/// player under a new track id.
+const SAME_PLAYER_PX: f32 = 48.0;
+const SAME_PLAYER_WINDOW: Duration = Duration::from_secs(60);
+
+/// The open player-down alert a new one probably repeats: a player lying still is easily lost
+/// by the tracker and found again under a new id. The new alert is still raised (two players
+/// can go down together); this only marks it, for whoever reads the alerts.
+fn same_player(recent: &RecentAlerts, metas: &[RuleMeta], alert: &Alert, ts: MonoTime) -> Option<u32> {
+    let player_down = metas.get(alert.rule).is_some_and(|m| m.kind == RuleKind::PlayerDown);
+    if !player_down || alert.state != AlertState::Raised {
+        return None;
+    }
+    let since = MonoTime::from_nanos(ts.as_nanos().saturating_sub(SAME_PLAYER_WINDOW.as_nanos() as u64));
+    recent.raised_near(alert.rule, alert.track, alert.at, SAME_PLAYER_PX, since).map(|r| r.track)
+}
+
 /// The audio rules of one rule set generation.
 type AudioRules = (u32, Vec<(usize, crate::config::Whistle)>);
 
@@ -443,8 +479,8 @@ fn spawn_microphone(
                 };
                 let alert = Alert { rule: *rule, state, track: 0, at: Default::default() };
                 let decided = MonoTime::now();
-                let msg =
-                    AlertMsg { alert, frame: chunk.seq, capture: at, arrived, decided, rules: rules_gen };
+                let (rules, same_as) = (rules_gen, None);
+                let msg = AlertMsg { alert, frame: chunk.seq, capture: at, arrived, decided, rules, same_as };
                 out.send(OutputMsg::Alert(msg));
             }
         }
@@ -452,4 +488,28 @@ fn spawn_microphone(
         Ok(s)
     })?;
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Severity;
+    use crate::geometry::Point;
+
+    #[test]
+    fn a_player_down_next_to_an_open_one_is_marked_not_dropped() {
+        let meta = |kind| RuleMeta { name: "r".into(), kind, severity: Severity::Critical, outputs: vec![] };
+        let metas = [meta(RuleKind::PlayerDown), meta(RuleKind::ZoneIncursion)];
+        let ts = MonoTime::from_nanos(100_000_000_000);
+        let mut recent = RecentAlerts::with_capacity(8);
+        let at = Point { x: 300.0, y: 200.0 };
+        recent.push(Recent { rule: 0, track: 4, state: AlertState::Raised, at, ts });
+        let alert =
+            |rule, track, x| Alert { rule, state: AlertState::Raised, track, at: Point { x, y: 200.0 } };
+        assert_eq!(same_player(&recent, &metas, &alert(0, 9, 320.0), ts), Some(4), "new id, same spot");
+        assert_eq!(same_player(&recent, &metas, &alert(0, 9, 400.0), ts), None, "another player");
+        assert_eq!(same_player(&recent, &metas, &alert(1, 9, 300.0), ts), None, "only player-down");
+        let later = ts.plus(SAME_PLAYER_WINDOW + Duration::from_secs(1));
+        assert_eq!(same_player(&recent, &metas, &alert(0, 9, 300.0), later), None, "too long ago");
+    }
 }

@@ -1,5 +1,5 @@
 //! The output stage: its own thread owns the alert outputs. The decision loop and the supervisor
-//! hand it small `Copy` messages over a bounded queue, so deciding never waits on a slow line or
+//! hand it small messages over a bounded queue, so deciding never waits on a slow line or
 //! port, and the output thread reports what it drove, and when, to the recorder.
 
 use std::sync::Arc;
@@ -25,6 +25,8 @@ pub struct AlertMsg {
     pub decided: MonoTime,
     /// Generation of the rule set `alert.rule` indexes (0: the one the run started with).
     pub rules: u32,
+    /// See [`AlertEvent::same_as`].
+    pub same_as: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -134,6 +136,7 @@ fn drive(
                     latency_us: done.since(m.arrived).as_micros() as u64,
                     outputs: driven,
                     at: m.alert.at,
+                    same_as: m.same_as,
                 }));
             }
         }

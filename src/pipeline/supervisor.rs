@@ -81,6 +81,7 @@ impl Alarm {
             decided: now,
             // The alarms have the same index in every rule set.
             rules: 0,
+            same_as: None,
         }));
     }
 }

@@ -62,17 +62,31 @@ impl RecentAlerts {
         self.iter().find(|r| r.rule == rule && r.track == track)
     }
 
-    /// An alert of `rule` raised within `radius` pixels of `at`, no earlier than `since`, and not
-    /// cleared since: the same person under another track id.
-    pub fn raised_near(&self, rule: usize, at: Point, radius: f32, since: MonoTime) -> Option<&Recent> {
+    /// An alert of `rule` for a track other than `track`, raised within `radius` pixels of `at`
+    /// no earlier than `since`, and not cleared since: likely the same person, whom the tracker
+    /// has given a new id.
+    pub fn raised_near(
+        &self,
+        rule: usize,
+        track: u32,
+        at: Point,
+        radius: f32,
+        since: MonoTime,
+    ) -> Option<&Recent> {
         let r2 = radius * radius;
         self.iter().take_while(|r| r.ts >= since).find(|r| {
             let (dx, dy) = (r.at.x - at.x, r.at.y - at.y);
             r.rule == rule
+                && r.track != track
                 && r.state == AlertState::Raised
                 && dx * dx + dy * dy <= r2
                 && self.last(rule, r.track).is_some_and(|l| l.state == AlertState::Raised)
         })
+    }
+
+    /// Forgets everything (the rule indexes changed).
+    pub fn clear(&mut self) {
+        self.len = 0;
     }
 }
 
@@ -105,10 +119,15 @@ mod tests {
         let mut c = RecentAlerts::with_capacity(16);
         c.push(alert(1, 7, AlertState::Raised, 200.0, 1000));
         c.push(alert(0, 9, AlertState::Raised, 205.0, 1100)); // another rule
-        assert_eq!(c.raised_near(1, Point { x: 210.0, y: 100.0 }, 30.0, at(500)).unwrap().track, 7);
-        assert!(c.raised_near(1, Point { x: 300.0, y: 100.0 }, 30.0, at(500)).is_none(), "too far");
-        assert!(c.raised_near(1, Point { x: 210.0, y: 100.0 }, 30.0, at(1050)).is_none(), "too old");
+        let near = Point { x: 210.0, y: 100.0 };
+        assert_eq!(c.raised_near(1, 8, near, 30.0, at(500)).unwrap().track, 7);
+        assert!(c.raised_near(1, 7, near, 30.0, at(500)).is_none(), "its own track is not another");
+        assert!(c.raised_near(1, 8, Point { x: 300.0, y: 100.0 }, 30.0, at(500)).is_none(), "too far");
+        assert!(c.raised_near(1, 8, near, 30.0, at(1050)).is_none(), "too old");
         c.push(alert(1, 7, AlertState::Cleared, 200.0, 1200));
-        assert!(c.raised_near(1, Point { x: 210.0, y: 100.0 }, 30.0, at(500)).is_none(), "got up");
+        assert!(c.raised_near(1, 8, near, 30.0, at(500)).is_none(), "got up");
+        c.push(alert(1, 3, AlertState::Raised, 200.0, 1300));
+        c.clear();
+        assert!(c.is_empty() && c.raised_near(1, 8, near, 30.0, at(0)).is_none());
     }
 }

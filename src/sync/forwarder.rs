@@ -149,6 +149,14 @@ impl<L: Link> Forwarder<L> {
 
     /// One round: (re)connect when due, handle link events for up to `wait`, send more.
     pub fn step(&mut self, wait: Duration) {
+        // Offline too: what expired must not hold disk budget that fresh patterns need.
+        if self.last_purge.elapsed() >= Duration::from_secs(1) {
+            self.last_purge = Instant::now();
+            if let Err(e) = self.purge() {
+                self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("uplink: {e}");
+            }
+        }
         if !self.connecting && !self.connected && Instant::now() >= self.next_attempt {
             match self.link.connect() {
                 Ok(()) => self.connecting = true,
@@ -252,16 +260,17 @@ impl<L: Link> Forwarder<L> {
         Duration::from_secs_f64(capped * (0.5 + 0.5 * unit))
     }
 
-    fn send_more(&mut self) -> Result<(), StoreError> {
-        if self.last_purge.elapsed() >= Duration::from_secs(1) {
-            self.last_purge = Instant::now();
-            let expired = self.store.purge_expired(now_ms())?;
-            let n: u64 = expired.iter().sum();
-            if n > 0 {
-                self.stats.expired.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!("{n} patterns expired unsent (safety, event, telemetry: {expired:?})");
-            }
+    fn purge(&mut self) -> Result<(), StoreError> {
+        let expired = self.store.purge_expired(now_ms())?;
+        let n: u64 = expired.iter().sum();
+        if n > 0 {
+            self.stats.expired.fetch_add(n, Ordering::Relaxed);
+            tracing::warn!("{n} patterns expired unsent (safety, event, telemetry: {expired:?})");
         }
+        Ok(())
+    }
+
+    fn send_more(&mut self) -> Result<(), StoreError> {
         'window: while self.inflight.len() < self.cfg.inflight {
             let now = now_ms();
             for class in Priority::ALL {
