@@ -194,7 +194,8 @@ fn broker_restarts_during_production_lose_nothing() {
         (store.generation().to_string(), seqs)
     });
     for i in 0..5 {
-        std::thread::sleep(Duration::from_millis(250 + 100 * (i % 3)));
+        // Up long enough for the device to get back on (backoff is at most 0.4 s here).
+        std::thread::sleep(Duration::from_millis(600 + 100 * (i % 3)));
         broker.stop();
         std::thread::sleep(Duration::from_millis(150 + 120 * (i % 2)));
         broker.start_again();
@@ -218,13 +219,17 @@ fn broker_restarts_during_production_lose_nothing() {
     }
     let dups: u32 = counts.values().map(|c| c - 1).sum();
     eprintln!(
-        "{} produced, {} received, {} duplicates, {} reconnects",
+        "{} produced, {} received, {} duplicates, {} connects, {} connection losses",
         produced.len(),
         got.len(),
         dups,
-        device.stats.connects.load(Ordering::Relaxed)
+        device.stats.connects.load(Ordering::Relaxed),
+        device.stats.disconnects.load(Ordering::Relaxed)
     );
-    assert!(device.stats.connects.load(Ordering::Relaxed) >= 6, "the device reconnected after each restart");
+    // The link really broke under the producer, several times (a restart that falls into the
+    // device's backoff costs it no connection, so not necessarily all five).
+    let breaks = device.stats.disconnects.load(Ordering::Relaxed);
+    assert!(breaks >= 3, "only {breaks} connection losses: the test did not exercise outages");
 }
 
 /// Publishes `pack` retained on the device's rule pack topic and waits for a new result.
