@@ -31,12 +31,14 @@ pub fn check(board: &Board) -> anyhow::Result<String> {
                 ));
             }
             CameraKind::V4l2 => report.push(format!(
-                "camera `{}`: v4l2 {} {}x{} at {} fps (device not opened by this build)",
+                "camera `{}`: v4l2 {} {}x{} at {} fps ({})",
                 cam.name,
                 cam.source.display(),
                 cam.width,
                 cam.height,
-                cam.fps
+                cam.fps,
+                // Only whether the node is there: opening it would take it from a running device.
+                if cam.source.exists() { "device present" } else { "no such device on this machine" }
             )),
         }
         frame_size.get_or_insert((cam.width, cam.height));
@@ -70,21 +72,34 @@ pub fn check(board: &Board) -> anyhow::Result<String> {
     }
     crate::rules::RuleSet::new(board).context("rules")?;
     report.push(format!(
-        "rules: {} zone incursion, {} player down, {} whistle",
+        "rules: {} zone incursion, {} player down, {} whistle, {} camera obstructed",
         board.rules.zone_incursion.len(),
         board.rules.player_down.len(),
-        board.rules.whistle.len()
+        board.rules.whistle.len(),
+        board.rules.camera_obstructed.len()
     ));
     for o in &board.outputs {
         let note = match o.kind {
             OutputKind::Log => "simulated (log line + events)".to_string(),
-            OutputKind::Gpio => format!(
-                "gpio {}:{} (not driven by this build yet)",
-                o.chip.as_deref().unwrap_or("?"),
-                o.line.as_deref().unwrap_or("?")
-            ),
+            OutputKind::Gpio => {
+                let (chip, line) = (o.chip.as_deref().unwrap_or("?"), o.line.as_deref().unwrap_or("?"));
+                // A profile for another board is checked here too: a missing chip is reported,
+                // not fatal; `run` fails on it.
+                match crate::alert::gpio::find_chip(chip)
+                    .and_then(|path| crate::alert::gpio::find_line(&path, line).map(|off| (path, off)))
+                {
+                    Ok((path, off)) => format!("gpio {chip}:{line} = {} line {off}", path.display()),
+                    Err(e) => format!("gpio {chip}:{line}: not on this machine ({e})"),
+                }
+            }
             OutputKind::Serial => {
-                format!("serial {} (not driven by this build yet)", o.port.as_deref().unwrap_or("?"))
+                let port = o.port.as_deref().unwrap_or("?");
+                let here =
+                    if std::path::Path::new(port).exists() { "present" } else { "not on this machine" };
+                format!(
+                    "serial {port} at {} baud, alert protocol docs/SERIAL.md ({here})",
+                    o.baud.unwrap_or(115_200)
+                )
             }
         };
         report.push(format!("output `{}`: {note}", o.name));

@@ -32,6 +32,10 @@ pub enum Event {
         level: usize,
         pose: bool,
         missed: bool,
+        /// Mean and 10th-90th percentile spread of the picture's luma (what
+        /// `camera_obstructed` watches).
+        luma_mean: f32,
+        luma_spread: f32,
     },
     /// The degradation ladder moved.
     Ladder {

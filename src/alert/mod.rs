@@ -4,8 +4,11 @@
 //! [`AlertOutput`]. The loop drives outputs directly, since an alert must not wait behind I/O
 //! of lesser importance, and records which outputs were driven and when.
 
+pub mod gpio;
 pub mod log;
+pub mod serial;
 
+use crate::clock::MonoTime;
 use crate::config::{Board, OutputKind};
 use crate::rules::{AlertState, RuleMeta};
 
@@ -16,6 +19,9 @@ pub struct Signal<'a> {
     pub state: AlertState,
     pub track: u32,
     pub frame: u64,
+    /// Capture time of what raised it, and when that reached the loop (latency runs from here).
+    pub capture: MonoTime,
+    pub arrived: MonoTime,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +52,14 @@ pub fn open_outputs(board: &Board) -> Result<Vec<Box<dyn AlertOutput>>, AlertErr
         .map(|o| -> Result<Box<dyn AlertOutput>, AlertError> {
             match o.kind {
                 OutputKind::Log => Ok(Box::new(log::LogOutput::new(&o.name))),
-                OutputKind::Gpio => Err(AlertError::Unsupported(o.name.clone(), "gpio")),
-                OutputKind::Serial => Err(AlertError::Unsupported(o.name.clone(), "serial")),
+                OutputKind::Gpio => {
+                    let missing =
+                        |f: &str| AlertError::Drive { output: o.name.clone(), message: format!("no `{f}`") };
+                    let chip = o.chip.as_deref().ok_or_else(|| missing("chip"))?;
+                    let line = o.line.as_deref().ok_or_else(|| missing("line"))?;
+                    Ok(Box::new(gpio::GpioOutput::open(&o.name, chip, line, o.active_low)?))
+                }
+                OutputKind::Serial => Ok(Box::new(serial::SerialOutput::open(o)?)),
             }
         })
         .collect()

@@ -4,7 +4,9 @@
 //! once and recycle them. The simulated camera ([`y4m::Y4mCamera`]) plays a recorded clip at
 //! the camera's nominal rate; the V4L2 camera plugs in behind the same trait.
 
+pub mod convert;
 pub mod slot;
+pub mod v4l2;
 pub mod y4m;
 
 use std::path::PathBuf;

@@ -154,6 +154,31 @@ pub struct Rules {
     pub player_down: Vec<PlayerDown>,
     #[serde(default)]
     pub whistle: Vec<Whistle>,
+    #[serde(default)]
+    pub camera_obstructed: Vec<CameraObstructed>,
+}
+
+/// A covered, blinded or dark camera: the picture has lost its detail (luma barely varies)
+/// for `min_s` seconds. Frames still arrive, so the blind alarm does not see it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraObstructed {
+    pub name: String,
+    /// Spread of luma (10th to 90th percentile, 0-255) at or below which a frame has no
+    /// picture in it.
+    #[serde(default = "default_obstructed_spread")]
+    pub max_luma_spread: f32,
+    #[serde(default = "default_obstructed_s")]
+    pub min_s: f32,
+    pub severity: Severity,
+    pub outputs: Vec<String>,
+}
+
+fn default_obstructed_spread() -> f32 {
+    12.0
+}
+fn default_obstructed_s() -> f32 {
+    2.0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
@@ -301,6 +326,18 @@ pub struct Output {
     pub port: Option<String>,
     #[serde(default)]
     pub baud: Option<u32>,
+    /// Serial: wait this long for an ACK before resending (default 250).
+    #[serde(default)]
+    pub ack_timeout_ms: Option<u32>,
+    /// Serial: resends of an unacknowledged alert before giving up (default 3).
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Serial: no ACK for this long is a receiver-silent fault (default 3000).
+    #[serde(default)]
+    pub silent_after_ms: Option<u32>,
+    /// Serial: period of heartbeat frames (default 1000).
+    #[serde(default)]
+    pub heartbeat_ms: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -186,6 +186,9 @@ fn check_outputs<'a>(b: &'a Board, f: &mut Findings) -> HashSet<&'a str> {
                 if o.port.as_deref().is_none_or(str::is_empty) {
                     f.push((at("port"), "a serial output needs `port`".into()));
                 }
+                for (field, problem) in crate::alert::serial::Settings::problems(o) {
+                    f.push((at(field), problem));
+                }
             }
         }
     }
@@ -252,6 +255,16 @@ fn check_rules(b: &Board, outputs: &HashSet<&str>, f: &mut Findings) {
         }
         if z.min_frames == 0 {
             f.push((at("min_frames"), "must be at least 1".into()));
+        }
+    }
+    for (i, c) in b.rules.camera_obstructed.iter().enumerate() {
+        let at = |field: &str| format!("rules.camera_obstructed[{i}].{field}");
+        check_rule_common(&at, &c.name, &c.outputs, 0.0, outputs, &mut names, f);
+        if !(c.max_luma_spread > 0.0 && c.max_luma_spread < 128.0) {
+            f.push((at("max_luma_spread"), format!("{} is outside (0, 128)", c.max_luma_spread)));
+        }
+        if !(c.min_s >= 0.0 && c.min_s <= 3600.0) {
+            f.push((at("min_s"), format!("{} s is outside 0..=3600", c.min_s)));
         }
     }
     for (i, w) in b.rules.whistle.iter().enumerate() {

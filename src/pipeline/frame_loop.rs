@@ -43,6 +43,7 @@ use crate::infer::coco;
 use crate::infer::detector::Detection;
 use crate::infer::pose::Pose;
 use crate::recorder::Recorder;
+use crate::rules::obstructed::LumaStats;
 use crate::rules::{
     Alert, AlertState, Mailbox, RuleKind, RuleMeta, RuleSet, RulesUpdate, Scene, Tracked, TrackedPose,
 };
@@ -206,7 +207,9 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
             st_wait.record(t0.since(frame.arrived));
             let (seq, ts, arrived) = (frame.seq, frame.ts, frame.arrived);
 
-            // 2. preprocess, then the buffer goes straight back to the camera.
+            // 2. preprocess (and measure how much picture there is), then the buffer goes
+            // straight back to the camera.
+            let luma = LumaStats::of(&frame);
             perception.prepare(&frame, &plan);
             let _ = free_tx.send(frame);
             let t1 = MonoTime::now();
@@ -254,7 +257,8 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
             // 6. rules: every decided frame, at every level.
             alerts.clear();
             let poses_seen = plan.run_pose.then_some(&tracked_poses[..]);
-            rules.evaluate(&Scene { seq, ts, objects: &objects, poses: poses_seen }, &mut alerts);
+            let scene = Scene { seq, ts, objects: &objects, poses: poses_seen, luma: Some(luma) };
+            rules.evaluate(&scene, &mut alerts);
             let t4 = MonoTime::now();
             st_rules.record(t4.since(t3));
 
@@ -312,6 +316,8 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
                     level: plan.level,
                     pose: plan.run_pose,
                     missed,
+                    luma_mean: (luma.mean * 10.0).round() / 10.0,
+                    luma_spread: luma.spread,
                 });
             }
             summary.detections += objects.len() as u64;

@@ -20,7 +20,7 @@ use anyhow::Context;
 
 use crate::alert;
 use crate::audio::{wav::WavMic, AudioError, AudioSource};
-use crate::capture::{y4m::Y4mCamera, CaptureError, FrameSource};
+use crate::capture::{v4l2::V4l2Camera, y4m::Y4mCamera, FrameSource};
 use crate::config::rulepack;
 use crate::config::{AudioKind, Board, CameraKind};
 use crate::recorder::{EventsDest, Recorder};
@@ -55,7 +55,12 @@ pub fn open_camera(board: &Board, opts: &RunOptions) -> anyhow::Result<Box<dyn F
             }
             Ok(Box::new(clip))
         }
-        CameraKind::V4l2 => Err(CaptureError::Unsupported("v4l2".into()).into()),
+        CameraKind::V4l2 => {
+            // A live camera runs at its own rate: `pace` and `pace_fps` are for clips.
+            let v4l2 = V4l2Camera::open(&cam.source, cam.width, cam.height, cam.fps)
+                .with_context(|| format!("opening camera `{}`", cam.name))?;
+            Ok(Box::new(v4l2))
+        }
     }
 }
 

@@ -106,7 +106,8 @@ fn drive(
             OutputMsg::Alert(m) => {
                 let table = tables.iter().rev().find(|(g, _)| *g == m.rules).or(tables.last());
                 let Some(rule) = table.and_then(|(_, t)| t.get(m.alert.rule)) else { continue };
-                let signal = Signal { rule, state: m.alert.state, track: m.alert.track, frame: m.frame };
+                let (state, track, frame) = (m.alert.state, m.alert.track, m.frame);
+                let signal = Signal { rule, state, track, frame, capture: m.capture, arrived: m.arrived };
                 let mut driven = Vec::with_capacity(rule.outputs.len());
                 for &oi in &rule.outputs {
                     let Some(out) = outputs.get_mut(oi) else { continue };

@@ -3,6 +3,7 @@
 //! Rules see one [`Scene`] per frame, keep their own per-track state, and push [`Alert`]s.
 //! They never allocate per frame in steady state and never block: output is the caller's job.
 
+pub mod obstructed;
 pub mod player_down;
 pub mod zone;
 
@@ -39,6 +40,8 @@ pub struct Scene<'a> {
     pub objects: &'a [Tracked],
     /// `None` when pose did not run on this frame.
     pub poses: Option<&'a [TrackedPose]>,
+    /// How much detail the picture has (`None`: not measured, e.g. in model-only tests).
+    pub luma: Option<obstructed::LumaStats>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -52,6 +55,8 @@ pub enum RuleKind {
     CameraBlind,
     /// Frames arrive but the loop decides none.
     LoopStalled,
+    /// Frames arrive but show nothing: lens covered, blinded or dark.
+    CameraObstructed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -91,6 +96,7 @@ pub struct RuleSet {
     whistles: Vec<(usize, crate::config::Whistle)>,
     zones: Vec<zone::ZoneRule>,
     downs: Vec<player_down::PlayerDownRule>,
+    obstructed: Vec<obstructed::ObstructedRule>,
 }
 
 impl RuleSet {
@@ -142,6 +148,16 @@ impl RuleSet {
                 outputs: out_index(&r.outputs),
             });
         }
+        let mut obstructed = Vec::new();
+        for c in &board.rules.camera_obstructed {
+            obstructed.push(obstructed::ObstructedRule::new(meta.len(), c));
+            meta.push(RuleMeta {
+                name: c.name.clone(),
+                kind: RuleKind::CameraObstructed,
+                severity: c.severity,
+                outputs: out_index(&c.outputs),
+            });
+        }
         let mut whistles = Vec::new();
         for w in &board.rules.whistle {
             whistles.push((meta.len(), w.clone()));
@@ -152,7 +168,7 @@ impl RuleSet {
                 outputs: out_index(&w.outputs),
             });
         }
-        Ok(Self { meta: meta.into(), camera_blind, loop_stalled, zones, downs, whistles })
+        Ok(Self { meta: meta.into(), camera_blind, loop_stalled, zones, downs, obstructed, whistles })
     }
 
     /// Every rule's metadata, indexed by [`Alert::rule`].
@@ -184,6 +200,9 @@ impl RuleSet {
         for d in &mut self.downs {
             d.clear_all(alerts);
         }
+        for o in &mut self.obstructed {
+            o.clear_all(alerts);
+        }
     }
 
     /// Evaluates every rule on one frame, appending alerts.
@@ -194,6 +213,11 @@ impl RuleSet {
         if let Some(poses) = scene.poses {
             for d in &mut self.downs {
                 d.evaluate(scene.ts, poses, alerts);
+            }
+        }
+        if let Some(luma) = scene.luma {
+            for o in &mut self.obstructed {
+                o.evaluate(scene.ts, luma, alerts);
             }
         }
     }

@@ -121,7 +121,13 @@ mod tests {
 
     fn step(r: &mut ZoneRule, i: u64, objs: &[Tracked]) -> Vec<Alert> {
         let mut alerts = vec![];
-        let scene = Scene { seq: i, ts: MonoTime::from_nanos(i * 100_000_000), objects: objs, poses: None };
+        let scene = Scene {
+            seq: i,
+            ts: MonoTime::from_nanos(i * 100_000_000),
+            objects: objs,
+            poses: None,
+            luma: None,
+        };
         r.evaluate(&scene, &mut alerts);
         alerts
     }
