@@ -44,7 +44,12 @@ pub struct RunOptions {
     pub frame_events: bool,
 }
 
-pub fn open_camera(board: &Board, opts: &RunOptions) -> anyhow::Result<Box<dyn FrameSource>> {
+/// `stop` lets a camera that is waiting for a lost device give up when the process stops.
+pub fn open_camera(
+    board: &Board,
+    opts: &RunOptions,
+    stop: &'static AtomicBool,
+) -> anyhow::Result<Box<dyn FrameSource>> {
     let cam = board.cameras.first().context("the profile has no camera")?;
     match cam.kind {
         CameraKind::Sim => {
@@ -58,7 +63,8 @@ pub fn open_camera(board: &Board, opts: &RunOptions) -> anyhow::Result<Box<dyn F
         CameraKind::V4l2 => {
             // A live camera runs at its own rate: `pace` and `pace_fps` are for clips.
             let v4l2 = V4l2Camera::open(&cam.source, cam.width, cam.height, cam.fps)
-                .with_context(|| format!("opening camera `{}`", cam.name))?;
+                .with_context(|| format!("opening camera `{}`", cam.name))?
+                .with_stop(stop);
             Ok(Box::new(v4l2))
         }
     }
@@ -91,7 +97,7 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
     let store_cfg = StoreConfig::from_board(&board.storage);
     let store = Store::open(&board.storage.path, store_cfg).context("opening the pattern store")?;
     let board = &with_saved_rulepack(board, &store);
-    let camera = open_camera(board, opts)?;
+    let camera = open_camera(board, opts, stop)?;
     let info = camera.info();
     let ladder = ladder::Ladder::new(&board.frame_loop, frame_budget(board, info.fps));
     let perception = perception::Models::load(board, info.width, info.height, ladder.pose_inputs())?;
