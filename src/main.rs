@@ -65,6 +65,11 @@ enum Command {
         #[arg(long)]
         board: PathBuf,
     },
+    /// The board's microphone.
+    Audio {
+        #[command(subcommand)]
+        command: AudioCommand,
+    },
     /// The durable pattern store.
     Store {
         #[command(subcommand)]
@@ -74,6 +79,20 @@ enum Command {
     Rulepack {
         #[command(subcommand)]
         command: RulepackCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AudioCommand {
+    /// Capture from the board's microphone into a 16-bit mono WAV file, printing each second's
+    /// level: to check a microphone at the field, and for the rig's bit-exact test.
+    Record {
+        #[arg(long)]
+        board: PathBuf,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -197,9 +216,50 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("{report}\nOK: {}", board.display());
             Ok(())
         }
+        Command::Audio { command } => audio(command),
         Command::Store { command } => store(command),
         Command::Rulepack { command } => rulepack(command),
     }
+}
+
+fn audio(command: AudioCommand) -> anyhow::Result<()> {
+    let AudioCommand::Record { board, seconds, out } = command;
+    let profile = Board::load(&board)?;
+    install_signal_handlers();
+    let mut mic = pipeline::open_microphone(&profile, true)?.context("the profile has no [audio] section")?;
+    let rate = mic.sample_rate();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wav =
+        hound::WavWriter::create(&out, spec).with_context(|| format!("creating {}", out.display()))?;
+    let want = (seconds * rate as f64) as u64;
+    let mut chunk = sideline::audio::AudioChunk::default();
+    let (mut written, mut second_peak, mut first_ts) = (0u64, 0i32, None);
+    while written < want && !STOP.load(Ordering::Relaxed) && mic.next_chunk(&mut chunk)? {
+        first_ts.get_or_insert(chunk.ts);
+        for &s in &chunk.samples {
+            wav.write_sample(s).with_context(|| format!("writing {}", out.display()))?;
+            second_peak = second_peak.max((s as i32).abs());
+            written += 1;
+            if written % rate as u64 == 0 {
+                let db = 20.0 * (second_peak.max(1) as f64 / 32768.0).log10();
+                eprintln!("{:>4} s: peak {db:6.1} dBFS", written / rate as u64);
+                second_peak = 0;
+            }
+        }
+    }
+    wav.finalize().with_context(|| format!("writing {}", out.display()))?;
+    let start = first_ts.map_or("-".to_string(), |t| t.to_string());
+    println!(
+        "{} samples at {rate} Hz to {} (first chunk captured at {start} monotonic)",
+        written,
+        out.display()
+    );
+    Ok(())
 }
 
 fn store(command: StoreCommand) -> anyhow::Result<()> {

@@ -2,8 +2,10 @@
 //!
 //! Audio arrives as fixed-size chunks of 16-bit mono samples at the profile's rate, each stamped
 //! on the same monotonic clock as the frames, so an audio event and a video event can be compared
-//! directly. The simulated microphone ([`wav::WavMic`]) plays a WAV file in real time.
+//! directly. The simulated microphone ([`wav::WavMic`]) plays a WAV file in real time; the
+//! real one ([`alsa::AlsaMic`]) captures from the sound card.
 
+pub mod alsa;
 pub mod wav;
 pub mod whistle;
 
@@ -40,6 +42,8 @@ pub enum AudioError {
     Format { path: PathBuf, message: String },
     #[error("audio kind `{0}` is not supported by this build yet")]
     Unsupported(String),
+    #[error("ALSA device `{device}`: {message}")]
+    Alsa { device: String, message: String },
 }
 
 /// A microphone.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::alert;
-use crate::audio::{wav::WavMic, AudioError, AudioSource};
+use crate::audio::{alsa::AlsaMic, wav::WavMic, AudioSource};
 use crate::capture::{v4l2::V4l2Camera, y4m::Y4mCamera, FrameSource};
 use crate::config::rulepack;
 use crate::config::{AudioKind, Board, CameraKind};
@@ -77,7 +77,12 @@ pub fn open_microphone(board: &Board, pace: bool) -> anyhow::Result<Option<Box<d
             WavMic::open(&cfg.source, cfg.sample_rate, cfg.chunk_ms, pace)
                 .context("opening the microphone")?,
         ))),
-        AudioKind::Alsa => Err(AudioError::Unsupported("alsa".into()).into()),
+        AudioKind::Alsa => {
+            let device = cfg.source.to_string_lossy();
+            let mic =
+                AlsaMic::open(&device, cfg.sample_rate, cfg.chunk_ms).context("opening the microphone")?;
+            Ok(Some(Box::new(mic)))
+        }
     }
 }
 
