@@ -228,6 +228,42 @@ echo "sideline exit $?" >> $OUT/rig.txt
     assert!(g.file("rig.txt").contains("sideline exit 0"), "{}", g.explain());
 }
 
+/// Scenario 2: real footage (the sample clip) played into a v4l2loopback camera is captured
+/// by sideline in the guest and its people are detected.
+#[test]
+fn real_footage_through_v4l2loopback_is_detected() {
+    let (g, _uart) = boot(
+        "footage",
+        r#"
+rig_gpio
+insmod $HIL_LOOPBACK video_nr=10 card_label=footage exclusive_caps=1 || fail "v4l2loopback did not load"
+# The rig profile, pointed at the loopback camera with the clip's size and rate (written in the
+# guest's in-memory layer; the host's file is untouched).
+sed -e 's#/dev/video0#/dev/video10#' -e 's/^width = 640/width = 768/' -e 's/^height = 360/height = 576/'     -e 's/^fps = 25.0/fps = 10.0/' $REPO/board/rig-virtual.toml > $REPO/board/rig-footage.toml
+# From frame 250 on, people walk across the lawn in every frame.
+ffmpeg -nostdin -loglevel error -re -ss 25 -i $REPO/.cache/media/vtest.y4m -f v4l2 -pix_fmt yuyv422 /dev/video10 &
+feed=$!
+sleep 3
+$BIN run --board $REPO/board/rig-footage.toml --events $OUT/events.jsonl --max-frames 8 > $OUT/sideline.log 2>&1   || fail "sideline run failed"
+kill $feed
+echo "sideline exit 0" >> $OUT/rig.txt
+"#,
+    );
+    assert!(g.ok, "scenario failed\n{}", g.explain());
+    let events = g.events();
+    let people: Vec<&Value> =
+        events.iter().filter(|e| e["type"] == "detection" && e["class"] == "person").collect();
+    let frames: std::collections::BTreeSet<u64> =
+        people.iter().map(|e| e["frame"].as_u64().unwrap()).collect();
+    eprintln!("{} person detections over {} frames", people.len(), frames.len());
+    assert!(frames.len() >= 4 && people.len() >= 8, "people in too few frames: {people:?}\n{}", g.explain());
+    for p in &people {
+        let b = &p["box"];
+        let (x2, y2) = (b[2].as_f64().unwrap(), b[3].as_f64().unwrap());
+        assert!(x2 <= 768.5 && y2 <= 576.5, "box outside the 768x576 frame: {p}");
+    }
+}
+
 /// Scenario 3: a known stretch of audio played into snd-aloop comes out of sideline's ALSA
 /// capture bit for bit.
 #[test]

@@ -31,3 +31,5 @@ wait_line() {
 }
 # onnxruntime's library, as scripts/setup left it for the host.
 if [ -f "$REPO/.cache/env" ]; then set -a; . "$REPO/.cache/env"; set +a; fi
+# The rig's own files (HIL_LOOPBACK: the v4l2loopback module built by hil/virtual/setup).
+. "${SIDELINE_CACHE:-$REPO/.cache}/hil/env"
