@@ -224,6 +224,13 @@ echo "sideline exit $?" >> $OUT/rig.txt
         pct(0.99),
         lat[lat.len() - 1]
     );
+    // Of which the decision to the line written and read back (the run's own summary).
+    let log = g.file("sideline.log");
+    for stage in ["detect", "decide->out"] {
+        if let Some(l) = log.lines().find(|l| l.starts_with(stage)) {
+            eprintln!("  {l}");
+        }
+    }
     eprintln!("{}", g.file("rig.txt"));
     assert!(g.file("rig.txt").contains("sideline exit 0"), "{}", g.explain());
 }
