@@ -106,6 +106,12 @@ impl<T> HandoffRx<T> {
         Ok(item)
     }
 
+    pub fn recv_timeout(&self, timeout: std::time::Duration) -> Result<T, std::sync::mpsc::RecvTimeoutError> {
+        let item = self.rx.recv_timeout(timeout)?;
+        self.shared.len.fetch_sub(1, Ordering::AcqRel);
+        Ok(item)
+    }
+
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         let item = self.rx.try_recv()?;
         self.shared.len.fetch_sub(1, Ordering::AcqRel);

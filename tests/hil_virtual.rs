@@ -187,6 +187,11 @@ for cycle in 1 2 3; do
   t0=$(ms); v4l2-ctl -d /dev/video0 -c test_pattern=5
   wait_line siren 1 60000 || fail "siren never went high after the pattern went black"
   echo "covered->siren_ms $(( $(ms) - t0 ))" >> $OUT/rig.txt
+  # The horn is pulsed: high with the siren, low again after its 500 ms while the siren stays.
+  [ "$(line horn)" = 1 ] || fail "no horn pulse with the siren"
+  t1=$(ms); wait_line horn 0 5000 || fail "the horn pulse never ended"
+  echo "horn_pulse_ms $(( $(ms) - t1 ))" >> $OUT/rig.txt
+  [ "$(line siren)" = 1 ] || fail "the siren dropped with the horn"
   t0=$(ms); v4l2-ctl -d /dev/video0 -c test_pattern=0
   wait_line siren 0 60000 || fail "siren stayed high after the picture came back"
   echo "uncovered->siren_off_ms $(( $(ms) - t0 ))" >> $OUT/rig.txt
@@ -210,7 +215,7 @@ echo "sideline exit $?" >> $OUT/rig.txt
     let states: Vec<&str> = lens.iter().map(|a| a["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["raised", "cleared"].repeat(3), "{lens:?}\n{}", g.explain());
     for a in &lens {
-        assert_eq!(a["outputs"], serde_json::json!(["siren", "plc"]), "{a}");
+        assert_eq!(a["outputs"], serde_json::json!(["siren", "horn", "plc"]), "{a}");
     }
     // Frame-to-output latency as each alert recorded it: from the frame reaching the loop to
     // the siren line written and read back (and the serial frame queued).

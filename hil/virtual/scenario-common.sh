@@ -9,7 +9,7 @@ rig_gpio() {
   echo 8 > "$GPIO_CFG/bank0/num_lines"
   echo rig-alerts > "$GPIO_CFG/bank0/label"
   local i=0 name
-  for name in siren heartbeat; do
+  for name in siren heartbeat horn; do
     mkdir "$GPIO_CFG/bank0/line$i"
     echo "$name" > "$GPIO_CFG/bank0/line$i/name"
     i=$((i + 1))
@@ -19,7 +19,11 @@ rig_gpio() {
 }
 # The level a consumer drives on a named line, as gpio-sim sees it (the rig's readback).
 line() {
-  case $1 in siren) cat "$GPIO_SYS/sim_gpio0/value" ;; heartbeat) cat "$GPIO_SYS/sim_gpio1/value" ;; esac
+  case $1 in
+    siren) cat "$GPIO_SYS/sim_gpio0/value" ;;
+    heartbeat) cat "$GPIO_SYS/sim_gpio1/value" ;;
+    horn) cat "$GPIO_SYS/sim_gpio2/value" ;;
+  esac
 }
 # wait_line NAME VALUE TIMEOUT_MS
 wait_line() {

@@ -1,7 +1,8 @@
 //! Alert lines on GPIO, through the Linux GPIO character device (uAPI v2, `gpiocdev`).
 //!
-//! A line is latched: active while any alert routed to it is raised, inactive once all of them
-//! have cleared, so a siren or a relay follows the hazard. Every write is read back; a line
+//! A latched line is active while any alert routed to it is raised, inactive once all of them
+//! have cleared, so a siren or a relay follows the hazard; a pulsed line is active for a set
+//! time on each raise (a horn blast), ended by the output thread's tick. Every write is read back; a line
 //! that does not hold the level it was driven to is a failure the output stage reports.
 //! The chip is found by path, by name (`gpiochip0`) or by label (`tegra234-gpio`, `gpio-sim`
 //! banks); the line by offset or by name.
@@ -12,6 +13,8 @@ use gpiocdev::line::{Offset, Value};
 use gpiocdev::Request;
 
 use super::{AlertError, AlertOutput, Signal};
+use crate::clock::MonoTime;
+use crate::config::LineMode;
 use crate::rules::AlertState;
 
 /// Alerts held raised on one line at once, allocated once.
@@ -23,6 +26,9 @@ pub struct GpioOutput {
     offset: Offset,
     /// (hash of the rule name, track) of every alert holding the line active.
     raised: Vec<(u64, u32)>,
+    /// `Some(length)` for a pulsed line, and when the current pulse ends.
+    pulse: Option<std::time::Duration>,
+    pulse_until: Option<MonoTime>,
 }
 
 fn err(output: &str, message: impl std::fmt::Display) -> AlertError {
@@ -71,6 +77,18 @@ fn name_hash(name: &str) -> u64 {
 impl GpioOutput {
     /// Requests the line as an output, inactive.
     pub fn open(name: &str, chip: &str, line: &str, active_low: bool) -> Result<Self, AlertError> {
+        Self::open_with(name, chip, line, active_low, LineMode::Latched, 0)
+    }
+
+    /// [`open`](Self::open) with the line's mode and, for a pulsed line, the pulse length.
+    pub fn open_with(
+        name: &str,
+        chip: &str,
+        line: &str,
+        active_low: bool,
+        mode: LineMode,
+        pulse_ms: u32,
+    ) -> Result<Self, AlertError> {
         let path = find_chip(chip).map_err(|e| err(name, e))?;
         let offset = find_line(&path, line).map_err(|e| err(name, e))?;
         let mut b = Request::builder();
@@ -84,7 +102,15 @@ impl GpioOutput {
         let req = b
             .request()
             .map_err(|e| err(name, format!("requesting line {offset} of {}: {e}", path.display())))?;
-        Ok(Self { name: name.to_string(), req, offset, raised: Vec::with_capacity(MAX_RAISED) })
+        let pulse = (mode == LineMode::Pulsed).then(|| std::time::Duration::from_millis(pulse_ms as u64));
+        Ok(Self {
+            name: name.to_string(),
+            req,
+            offset,
+            raised: Vec::with_capacity(MAX_RAISED),
+            pulse,
+            pulse_until: None,
+        })
     }
 
     /// Drives the line and checks it holds the level.
@@ -105,6 +131,14 @@ impl AlertOutput for GpioOutput {
     }
 
     fn drive(&mut self, s: &Signal<'_>) -> Result<(), AlertError> {
+        if let Some(length) = self.pulse {
+            // A pulse per raise; a clear changes nothing, the pulse ends on time.
+            if s.state == AlertState::Raised {
+                self.pulse_until = Some(MonoTime::now().plus(length));
+                return self.set(true);
+            }
+            return Ok(());
+        }
         let key = (name_hash(&s.rule.name), s.track);
         match s.state {
             AlertState::Raised => {
@@ -124,5 +158,19 @@ impl AlertOutput for GpioOutput {
 
     fn heartbeat(&mut self, level: bool) -> Result<(), AlertError> {
         self.set(level)
+    }
+
+    fn pending(&self) -> bool {
+        self.pulse_until.is_some()
+    }
+
+    fn tick(&mut self, now: MonoTime) -> Result<(), AlertError> {
+        match self.pulse_until {
+            Some(until) if now >= until => {
+                self.pulse_until = None;
+                self.set(false)
+            }
+            _ => Ok(()),
+        }
     }
 }

@@ -42,6 +42,15 @@ pub trait AlertOutput: Send {
         let _ = level;
         Ok(())
     }
+    /// Whether the output has timed work pending (a pulse to end): then the output thread
+    /// calls [`tick`](Self::tick) every few milliseconds, else it sleeps until a message.
+    fn pending(&self) -> bool {
+        false
+    }
+    fn tick(&mut self, now: MonoTime) -> Result<(), AlertError> {
+        let _ = now;
+        Ok(())
+    }
 }
 
 /// Opens the board's outputs, in profile order (rules refer to them by index).
@@ -57,7 +66,15 @@ pub fn open_outputs(board: &Board) -> Result<Vec<Box<dyn AlertOutput>>, AlertErr
                         |f: &str| AlertError::Drive { output: o.name.clone(), message: format!("no `{f}`") };
                     let chip = o.chip.as_deref().ok_or_else(|| missing("chip"))?;
                     let line = o.line.as_deref().ok_or_else(|| missing("line"))?;
-                    Ok(Box::new(gpio::GpioOutput::open(&o.name, chip, line, o.active_low)?))
+                    let pulse_ms = o.pulse_ms.unwrap_or(2000);
+                    Ok(Box::new(gpio::GpioOutput::open_with(
+                        &o.name,
+                        chip,
+                        line,
+                        o.active_low,
+                        o.mode,
+                        pulse_ms,
+                    )?))
                 }
                 OutputKind::Serial => Ok(Box::new(serial::SerialOutput::open(o)?)),
             }

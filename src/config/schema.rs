@@ -338,6 +338,23 @@ pub struct Output {
     /// Serial: period of heartbeat frames (default 1000).
     #[serde(default)]
     pub heartbeat_ms: Option<u32>,
+    /// Only alerts of at least this severity reach this output (rules still list it).
+    #[serde(default)]
+    pub min_severity: Option<Severity>,
+    /// GPIO: `latched` (active while an alert is raised) or `pulsed` (active for `pulse_ms`
+    /// on each raise, e.g. a horn blast).
+    #[serde(default)]
+    pub mode: LineMode,
+    #[serde(default)]
+    pub pulse_ms: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineMode {
+    #[default]
+    Latched,
+    Pulsed,
 }
 
 #[derive(Debug, Clone, Deserialize)]

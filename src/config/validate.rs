@@ -181,6 +181,13 @@ fn check_outputs<'a>(b: &'a Board, f: &mut Findings) -> HashSet<&'a str> {
                 if o.line.as_deref().is_none_or(str::is_empty) {
                     f.push((at("line"), "a gpio output needs `line` (name or offset)".into()));
                 }
+                if let Some(p) = o.pulse_ms {
+                    if o.mode != LineMode::Pulsed {
+                        f.push((at("pulse_ms"), "only a `pulsed` line has a pulse length".into()));
+                    } else if !(10..=600_000).contains(&p) {
+                        f.push((at("pulse_ms"), format!("{p} ms is outside 10..=600000")));
+                    }
+                }
             }
             OutputKind::Serial => {
                 if o.port.as_deref().is_none_or(str::is_empty) {

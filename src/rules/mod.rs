@@ -57,7 +57,12 @@ pub enum RuleKind {
     LoopStalled,
     /// Frames arrive but show nothing: lens covered, blinded or dark.
     CameraObstructed,
+    /// An alert output failed to drive, or did not read back what it was driven to.
+    OutputFault,
 }
+
+/// Index of the built-in `output-fault` rule in every rule set.
+pub const OUTPUT_FAULT: usize = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,6 +110,13 @@ impl RuleSet {
         let out_index = |names: &[String]| -> Vec<usize> {
             names.iter().filter_map(|n| board.outputs.iter().position(|o| &o.name == n)).collect()
         };
+        // Outputs that take only more severe alerts are left out of a rule's routing.
+        let routed = |names: &[String], severity: Severity| -> Vec<usize> {
+            out_index(names)
+                .into_iter()
+                .filter(|&i| board.outputs[i].min_severity.is_none_or(|min| severity >= min))
+                .collect()
+        };
         // The loop's own alarms come first: their indexes are the same in every rule set, so
         // the supervisor's alerts mean the same rule across a rule pack change.
         let alarm_outputs: Vec<usize> = if board.frame_loop.alarm_outputs.is_empty() {
@@ -123,6 +135,12 @@ impl RuleSet {
                 name: "loop-stalled".into(),
                 kind: RuleKind::LoopStalled,
                 severity: Severity::Critical,
+                outputs: alarm_outputs.clone(),
+            },
+            RuleMeta {
+                name: "output-fault".into(),
+                kind: RuleKind::OutputFault,
+                severity: Severity::Critical,
                 outputs: alarm_outputs,
             },
         ];
@@ -134,7 +152,7 @@ impl RuleSet {
                 name: z.name.clone(),
                 kind: RuleKind::ZoneIncursion,
                 severity: z.severity,
-                outputs: out_index(&z.outputs),
+                outputs: routed(&z.outputs, z.severity),
             });
         }
         let kp_threshold = board.models.pose.as_ref().map_or(0.2, |p| p.keypoint_threshold);
@@ -145,7 +163,7 @@ impl RuleSet {
                 name: r.name.clone(),
                 kind: RuleKind::PlayerDown,
                 severity: r.severity,
-                outputs: out_index(&r.outputs),
+                outputs: routed(&r.outputs, r.severity),
             });
         }
         let mut obstructed = Vec::new();
@@ -155,7 +173,7 @@ impl RuleSet {
                 name: c.name.clone(),
                 kind: RuleKind::CameraObstructed,
                 severity: c.severity,
-                outputs: out_index(&c.outputs),
+                outputs: routed(&c.outputs, c.severity),
             });
         }
         let mut whistles = Vec::new();
@@ -165,7 +183,7 @@ impl RuleSet {
                 name: w.name.clone(),
                 kind: RuleKind::Whistle,
                 severity: w.severity,
-                outputs: out_index(&w.outputs),
+                outputs: routed(&w.outputs, w.severity),
             });
         }
         Ok(Self { meta: meta.into(), camera_blind, loop_stalled, zones, downs, obstructed, whistles })

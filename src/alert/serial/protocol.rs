@@ -106,6 +106,7 @@ pub fn kind_code(k: RuleKind) -> u8 {
         RuleKind::CameraBlind => 4,
         RuleKind::LoopStalled => 5,
         RuleKind::CameraObstructed => 6,
+        RuleKind::OutputFault => 7,
     }
 }
 
@@ -118,6 +119,7 @@ pub fn kind_from_code(c: u8) -> Option<RuleKind> {
         4 => RuleKind::CameraBlind,
         5 => RuleKind::LoopStalled,
         6 => RuleKind::CameraObstructed,
+        7 => RuleKind::OutputFault,
         _ => return None,
     })
 }
