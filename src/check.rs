@@ -72,11 +72,12 @@ pub fn check(board: &Board) -> anyhow::Result<String> {
     }
     crate::rules::RuleSet::new(board).context("rules")?;
     report.push(format!(
-        "rules: {} zone incursion, {} player down, {} whistle, {} camera obstructed",
+        "rules: {} zone incursion, {} player down, {} whistle, {} camera obstructed, {} crowding",
         board.rules.zone_incursion.len(),
         board.rules.player_down.len(),
         board.rules.whistle.len(),
-        board.rules.camera_obstructed.len()
+        board.rules.camera_obstructed.len(),
+        board.rules.crowding.len()
     ));
     for o in &board.outputs {
         let note = match o.kind {

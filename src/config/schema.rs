@@ -156,6 +156,28 @@ pub struct Rules {
     pub whistle: Vec<Whistle>,
     #[serde(default)]
     pub camera_obstructed: Vec<CameraObstructed>,
+    #[serde(default)]
+    pub crowding: Vec<Crowding>,
+}
+
+/// More people in a zone than it safely holds (a crowd at the touchline, a pitch invasion),
+/// for `min_s` seconds; it clears once the count has stayed at or below the limit as long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Crowding {
+    pub name: String,
+    /// Polygon vertices in frame pixels; a person counts when their foot point is inside.
+    pub polygon: Vec<[f32; 2]>,
+    /// Alert when more than this many are inside.
+    pub max_people: u32,
+    #[serde(default = "default_crowding_s")]
+    pub min_s: f32,
+    pub severity: Severity,
+    pub outputs: Vec<String>,
+}
+
+fn default_crowding_s() -> f32 {
+    2.0
 }
 
 /// A covered, blinded or dark camera: the picture has lost its detail (luma barely varies)

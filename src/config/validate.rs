@@ -264,6 +264,19 @@ fn check_rules(b: &Board, outputs: &HashSet<&str>, f: &mut Findings) {
             f.push((at("min_frames"), "must be at least 1".into()));
         }
     }
+    for (i, c) in b.rules.crowding.iter().enumerate() {
+        let at = |field: &str| format!("rules.crowding[{i}].{field}");
+        check_rule_common(&at, &c.name, &c.outputs, 0.0, outputs, &mut names, f);
+        if let Err(e) = Polygon::new(&c.polygon) {
+            f.push((at("polygon"), e.to_string()));
+        }
+        if !(c.min_s >= 0.0 && c.min_s <= 3600.0) {
+            f.push((at("min_s"), format!("{} s is outside 0..=3600", c.min_s)));
+        }
+        if !b.models.detector.classes.iter().any(|c| c == "person") {
+            f.push((at("name"), "counting people needs `person` in models.detector.classes".into()));
+        }
+    }
     for (i, c) in b.rules.camera_obstructed.iter().enumerate() {
         let at = |field: &str| format!("rules.camera_obstructed[{i}].{field}");
         check_rule_common(&at, &c.name, &c.outputs, 0.0, outputs, &mut names, f);

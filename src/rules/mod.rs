@@ -3,6 +3,7 @@
 //! Rules see one [`Scene`] per frame, keep their own per-track state, and push [`Alert`]s.
 //! They never allocate per frame in steady state and never block: output is the caller's job.
 
+pub mod crowding;
 pub mod obstructed;
 pub mod player_down;
 pub mod zone;
@@ -59,6 +60,8 @@ pub enum RuleKind {
     CameraObstructed,
     /// An alert output failed to drive, or did not read back what it was driven to.
     OutputFault,
+    /// More people in a zone than it safely holds.
+    Crowding,
 }
 
 /// Index of the built-in `output-fault` rule in every rule set.
@@ -102,6 +105,7 @@ pub struct RuleSet {
     zones: Vec<zone::ZoneRule>,
     downs: Vec<player_down::PlayerDownRule>,
     obstructed: Vec<obstructed::ObstructedRule>,
+    crowds: Vec<crowding::CrowdingRule>,
 }
 
 impl RuleSet {
@@ -166,6 +170,16 @@ impl RuleSet {
                 outputs: routed(&r.outputs, r.severity),
             });
         }
+        let mut crowds = Vec::new();
+        for c in &board.rules.crowding {
+            crowds.push(crowding::CrowdingRule::new(meta.len(), c)?);
+            meta.push(RuleMeta {
+                name: c.name.clone(),
+                kind: RuleKind::Crowding,
+                severity: c.severity,
+                outputs: routed(&c.outputs, c.severity),
+            });
+        }
         let mut obstructed = Vec::new();
         for c in &board.rules.camera_obstructed {
             obstructed.push(obstructed::ObstructedRule::new(meta.len(), c));
@@ -186,7 +200,7 @@ impl RuleSet {
                 outputs: routed(&w.outputs, w.severity),
             });
         }
-        Ok(Self { meta: meta.into(), camera_blind, loop_stalled, zones, downs, obstructed, whistles })
+        Ok(Self { meta: meta.into(), camera_blind, loop_stalled, zones, downs, obstructed, crowds, whistles })
     }
 
     /// Every rule's metadata, indexed by [`Alert::rule`].
@@ -221,12 +235,18 @@ impl RuleSet {
         for o in &mut self.obstructed {
             o.clear_all(alerts);
         }
+        for c in &mut self.crowds {
+            c.clear_all(alerts);
+        }
     }
 
     /// Evaluates every rule on one frame, appending alerts.
     pub fn evaluate(&mut self, scene: &Scene<'_>, alerts: &mut Vec<Alert>) {
         for z in &mut self.zones {
             z.evaluate(scene, alerts);
+        }
+        for c in &mut self.crowds {
+            c.evaluate(scene, alerts);
         }
         if let Some(poses) = scene.poses {
             for d in &mut self.downs {

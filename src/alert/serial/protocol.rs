@@ -107,6 +107,7 @@ pub fn kind_code(k: RuleKind) -> u8 {
         RuleKind::LoopStalled => 5,
         RuleKind::CameraObstructed => 6,
         RuleKind::OutputFault => 7,
+        RuleKind::Crowding => 8,
     }
 }
 
@@ -120,6 +121,7 @@ pub fn kind_from_code(c: u8) -> Option<RuleKind> {
         5 => RuleKind::LoopStalled,
         6 => RuleKind::CameraObstructed,
         7 => RuleKind::OutputFault,
+        8 => RuleKind::Crowding,
         _ => return None,
     })
 }
