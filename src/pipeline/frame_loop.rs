@@ -272,8 +272,15 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
                     at: alert.at,
                     ts,
                 });
-                let (decided, rules) = (t4, rules_gen);
-                let msg = AlertMsg { alert, frame: seq, capture: ts, arrived, decided, rules, same_as };
+                let msg = AlertMsg {
+                    alert,
+                    frame: seq,
+                    capture: ts,
+                    arrived,
+                    decided: t4,
+                    rules: rules_gen,
+                    same_as,
+                };
                 out.send(OutputMsg::Alert(msg));
             }
             let done = MonoTime::now();
