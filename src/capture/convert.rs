@@ -146,11 +146,15 @@ fn check_raw(
     if stride < min {
         return Err(ConvertError::Stride { format, width, height, stride, min });
     }
-    let need = format.min_len(width, height, stride);
-    if src.len() < need {
-        return Err(ConvertError::Short { format, width, height, got: src.len(), need });
+    if src.len() < format.min_len(width, height, stride) {
+        return Err(short(format, src, width, height, stride));
     }
     Ok(stride)
+}
+
+/// The error for a buffer too short for its frame.
+fn short(format: CameraFormat, src: &[u8], width: u32, height: u32, stride: usize) -> ConvertError {
+    ConvertError::Short { format, width, height, got: src.len(), need: format.min_len(width, height, stride) }
 }
 
 /// Sizes `dst` for an I420 picture and splits it into its planes.
@@ -177,13 +181,7 @@ pub fn yuyv_to_i420(
     let format = CameraFormat::Yuyv;
     let stride = check_raw(format, src, width, height, stride)?;
     let (w, row) = (width as usize, 2 * width as usize);
-    let short = || ConvertError::Short {
-        format,
-        width,
-        height,
-        got: src.len(),
-        need: format.min_len(width, height, stride),
-    };
+    let short = || short(format, src, width, height, stride);
     let mut rows = src.chunks(stride).map(|r| r.get(..row));
     let (y, u, v) = i420_planes(dst, width, height);
     for ((y2, u), v) in
@@ -224,13 +222,7 @@ pub fn nv12_to_i420(
     let format = CameraFormat::Nv12;
     let stride = check_raw(format, src, width, height, stride)?;
     let w = width as usize;
-    let short = || ConvertError::Short {
-        format,
-        width,
-        height,
-        got: src.len(),
-        need: format.min_len(width, height, stride),
-    };
+    let short = || short(format, src, width, height, stride);
     let (src_y, src_uv) = src.split_at(stride * height as usize);
     let (y, u, v) = i420_planes(dst, width, height);
     let mut rows = src_y.chunks(stride).map(|r| r.get(..w));

@@ -330,8 +330,21 @@ impl<S: Default> TrackStates<S> {
         &mut self.items[i].2
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut S)> {
-        self.items.iter_mut().map(|(t, _, s)| (*t, s))
+    /// Clears every track whose `active` flag is set, appending a `Cleared` alert of `rule` for
+    /// each: the rule is being replaced.
+    pub fn clear_active(
+        &mut self,
+        rule: usize,
+        alerts: &mut Vec<Alert>,
+        active: impl Fn(&mut S) -> &mut bool,
+    ) {
+        for (track, _, s) in &mut self.items {
+            let flag = active(s);
+            if *flag {
+                *flag = false;
+                alerts.push(Alert { rule, state: AlertState::Cleared, track: *track, at: Point::default() });
+            }
+        }
     }
 
     /// Forgets tracks unseen for `max_age`, handing each to `on_expire` first.

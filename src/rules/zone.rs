@@ -75,15 +75,7 @@ impl ZoneRule {
 
     /// Clears every raised alert (the rule is being replaced).
     pub fn clear_all(&mut self, alerts: &mut Vec<Alert>) {
-        for (track, s) in self.states.iter_mut().filter(|(_, s)| s.active) {
-            s.active = false;
-            alerts.push(Alert {
-                rule: self.index,
-                state: AlertState::Cleared,
-                track,
-                at: Default::default(),
-            });
-        }
+        self.states.clear_active(self.index, alerts, |s| &mut s.active);
     }
 }
 
