@@ -203,6 +203,7 @@ fn run(board: &Board, camera: Camera, model: SlowModel, dir: &Path) -> Run {
         recorder,
         cfg: board.frame_loop.clone(),
         rules_inbox: None,
+        watches: Vec::new(),
     };
     let opts = RunOptions { pace: true, frame_events: true, ..RunOptions::default() };
     let summary = frame_loop::run(parts, &opts, &STOP).unwrap();

@@ -28,7 +28,7 @@ use super::ladder::{Change, Ladder};
 use super::output::{AlertMsg, OutputMsg, OutputStage, OutputTx};
 use super::perception::Perception;
 use super::realtime;
-use super::supervisor::{Health, Supervisor};
+use super::supervisor::{Health, HealthWatch, Supervisor};
 use super::RunOptions;
 use crate::alert::AlertOutput;
 use crate::audio::whistle::{WhistleDetector, WhistleEvent};
@@ -65,6 +65,8 @@ pub struct Parts {
     pub cfg: FrameLoop,
     /// Where accepted rule packs arrive, to be swapped in between frames.
     pub rules_inbox: Option<Arc<Mailbox<RulesUpdate>>>,
+    /// Followers of the loop's health (watchdog, update gate), run on the supervisor thread.
+    pub watches: Vec<Box<dyn HealthWatch>>,
 }
 
 /// Frame buffers in circulation: one being filled, the slot's, one in the loop.
@@ -86,6 +88,7 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
         mut ladder,
         cfg,
         rules_inbox,
+        watches,
     } = parts;
     let info = camera.info();
     let budget = ladder.budget();
@@ -96,11 +99,16 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
         realtime::lock_memory();
     }
     let events = recorder.sender();
-    let (output_stage, out) =
-        OutputStage::spawn(outputs, heartbeat, rules.shared_metas(), recorder.sender())?;
     let health = Arc::new(Health::new(MonoTime::now()));
+    let (output_stage, out) = OutputStage::spawn(
+        outputs,
+        heartbeat,
+        rules.shared_metas(),
+        recorder.sender(),
+        Some(health.clone()),
+    )?;
     let supervisor =
-        Supervisor::spawn(&cfg, health.clone(), rules.alarms(), heartbeat.is_some(), out.clone())?;
+        Supervisor::spawn(&cfg, health.clone(), rules.alarms(), heartbeat.is_some(), out.clone(), watches)?;
     let slot = Arc::new(FrameSlot::new(if opts.pace { SlotMode::Latest } else { SlotMode::Lossless }));
     let (free_tx, free_rx) = mpsc::sync_channel::<Frame>(FRAME_BUFFERS);
     for _ in 0..FRAME_BUFFERS {

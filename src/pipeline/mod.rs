@@ -128,6 +128,7 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
             ladder,
             cfg: board.frame_loop.clone(),
             rules_inbox: uplink.as_ref().map(|u| u.rules.clone()),
+            watches: Vec::new(),
         },
         opts,
         stop,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::supervisor::Health;
 use crate::alert::{AlertError, AlertOutput, Signal};
 use crate::clock::MonoTime;
 use crate::event::{AlertEvent, Event};
@@ -64,11 +65,12 @@ impl OutputStage {
         heartbeat: Option<usize>,
         meta: Arc<[RuleMeta]>,
         recorder: RecorderTx,
+        health: Option<Arc<Health>>,
     ) -> anyhow::Result<(Self, OutputTx)> {
         let (tx, rx) = handoff(CAPACITY);
         let handle = std::thread::Builder::new()
             .name("outputs".into())
-            .spawn(move || drive(rx, outputs, heartbeat, meta, recorder))
+            .spawn(move || drive(rx, outputs, heartbeat, meta, recorder, health))
             .context("starting the output thread")?;
         Ok((Self { handle }, tx))
     }
@@ -94,6 +96,8 @@ struct Stage {
     report: OutputReport,
     latency: StageStats,
     recorder: RecorderTx,
+    /// Told how many outputs are faulted, for the watchdog and the update gate.
+    health: Option<Arc<Health>>,
 }
 
 fn drive(
@@ -102,6 +106,7 @@ fn drive(
     heartbeat: Option<usize>,
     meta: Arc<[RuleMeta]>,
     recorder: RecorderTx,
+    health: Option<Arc<Health>>,
 ) -> OutputReport {
     let mut st = Stage {
         faulted: vec![false; outputs.len()],
@@ -111,6 +116,7 @@ fn drive(
         report: OutputReport::default(),
         latency: StageStats::new("decide->out"),
         recorder,
+        health,
     };
     loop {
         let msg = if st.outputs.iter().any(|o| o.pending()) {
@@ -209,6 +215,9 @@ impl Stage {
             return;
         }
         self.faulted[i] = failed;
+        if let Some(h) = &self.health {
+            h.set_faulted_outputs(self.faulted.iter().filter(|&&f| f).count() as u32);
+        }
         let Some(table) = self.tables.last().map(|(_, t)| t.clone()) else { return };
         let Some(rule) = table.get(OUTPUT_FAULT) else { return };
         let state = if failed { AlertState::Raised } else { AlertState::Cleared };
@@ -294,7 +303,7 @@ mod tests {
             Box::new(Flaky { name: "lamp", broken: Arc::default(), told: told.clone() }),
         ];
         let (rec_tx, rec_rx) = crate::handoff::handoff(64);
-        let (stage, tx) = OutputStage::spawn(outputs, None, metas, rec_tx).unwrap();
+        let (stage, tx) = OutputStage::spawn(outputs, None, metas, rec_tx, None).unwrap();
         let now = MonoTime::now();
         let msg = |state| {
             let alert = Alert { rule: 3, state, track: 7, at: Default::default() };

@@ -6,7 +6,7 @@
 //! time; otherwise it holds the line low, so external hardware sees a stall even if this
 //! process cannot say anything else.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -19,13 +19,42 @@ use crate::config::FrameLoop;
 use crate::geometry::Point;
 use crate::rules::{Alert, AlertState};
 
-/// What the camera and the loop tell the supervisor, lock-free.
+/// What the camera, the loop and the outputs tell the supervisor, lock-free.
 #[derive(Debug)]
 pub struct Health {
     last_arrival: AtomicU64,
     last_decided: AtomicU64,
     last_met: AtomicBool,
     last_frame: AtomicU64,
+    faulted_outputs: AtomicU32,
+}
+
+/// Follows the loop's health from the supervisor thread: the systemd watchdog, the update
+/// health gate. Called on every supervisor tick (a few ms to `heartbeat_ms` apart); must not
+/// block for long, since the heartbeat and the alarms share the thread.
+pub trait HealthWatch: Send {
+    fn tick(&mut self, health: &HealthNow);
+}
+
+/// One supervisor tick's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthNow {
+    pub now: MonoTime,
+    /// The camera delivered a frame within `blind_after_ms`.
+    pub camera_ok: bool,
+    /// The loop decided a frame recently and met its last deadline: the heartbeat condition.
+    pub on_time: bool,
+    /// Outputs whose last drive failed (each one has `output-fault` raised).
+    pub faulted_outputs: u32,
+    /// Last decided frame.
+    pub frame: u64,
+}
+
+impl HealthNow {
+    /// Everything a field device needs: camera, loop and outputs working.
+    pub fn healthy(&self) -> bool {
+        self.camera_ok && self.on_time && self.faulted_outputs == 0
+    }
 }
 
 impl Health {
@@ -35,7 +64,13 @@ impl Health {
             last_decided: AtomicU64::new(now.as_nanos()),
             last_met: AtomicBool::new(true),
             last_frame: AtomicU64::new(0),
+            faulted_outputs: AtomicU32::new(0),
         }
+    }
+
+    /// The output stage's count of outputs whose last drive failed.
+    pub fn set_faulted_outputs(&self, n: u32) {
+        self.faulted_outputs.store(n, Ordering::Relaxed);
     }
 
     /// The camera delivered a frame.
@@ -93,6 +128,7 @@ impl Supervisor {
         alarms: (usize, usize),
         heartbeat: bool,
         out: OutputTx,
+        mut watches: Vec<Box<dyn HealthWatch>>,
     ) -> anyhow::Result<Self> {
         let blind_after = Duration::from_millis(cfg.blind_after_ms as u64);
         let stall_after = Duration::from_millis(cfg.stall_after_ms as u64);
@@ -117,12 +153,22 @@ impl Supervisor {
                     let loop_ok = !camera_ok || Health::since(&health.last_decided, now) <= stall_after;
                     blind.update(!camera_ok, frame, now, &out);
                     stalled.update(!loop_ok, frame, now, &out);
+                    let on_time = camera_ok
+                        && Health::since(&health.last_decided, now) <= period.max(stall_after / 4)
+                        && health.last_met.load(Ordering::Relaxed);
+                    let verdict = HealthNow {
+                        now,
+                        camera_ok,
+                        on_time,
+                        faulted_outputs: health.faulted_outputs.load(Ordering::Relaxed),
+                        frame,
+                    };
+                    for w in &mut watches {
+                        w.tick(&verdict);
+                    }
                     if heartbeat && now >= next_beat {
                         next_beat = now.plus(period);
-                        let healthy = camera_ok
-                            && Health::since(&health.last_decided, now) <= period.max(stall_after / 4)
-                            && health.last_met.load(Ordering::Relaxed);
-                        if healthy {
+                        if on_time {
                             level = !level;
                             out.send(OutputMsg::Heartbeat(level));
                         } else if level {
