@@ -17,6 +17,7 @@ use crate::clock::MonoTime;
 use crate::config::{Backend, Board, CameraKind};
 use crate::infer::detector::Detector;
 use crate::infer::pose::PoseEstimator;
+use crate::infer::select::{LatencyProfile, Measurement, VariantKey, PROFILE_FILE, PROFILE_SCHEMA};
 use crate::pipeline::{self, RunOptions};
 use crate::telemetry::{StageStats, StageSummary, Summary};
 
@@ -25,6 +26,94 @@ pub struct BenchOptions {
     pub frames: u64,
     pub pace_fps: Option<f64>,
     pub json: Option<PathBuf>,
+}
+
+/// Frames each detector variant runs for the latency profile.
+pub const PROFILE_FRAMES: usize = 60;
+
+/// Measures every detector variant as the loop would run it (the board's backend and
+/// accelerator) and saves the latency profile the loop chooses its start variant from
+/// (see [`crate::infer::select`]). Returns the profile and where it was written.
+pub fn profile_variants(board: &Board) -> anyhow::Result<(LatencyProfile, PathBuf)> {
+    let cam = board.cameras.first().context("the profile has no camera")?;
+    // A live camera gives no repeatable frames; these graphs cost the same on any content
+    // (fixed input size, fixed top-k), so mid-grey frames measure them as well as a clip.
+    let frames = match cam.kind {
+        CameraKind::Sim => read_frames(board, PROFILE_FRAMES as u64)?,
+        CameraKind::V4l2 => {
+            let mut f = Frame::new(cam.width, cam.height, crate::capture::PixelFormat::I420);
+            f.data.fill(128);
+            vec![f; PROFILE_FRAMES]
+        }
+    };
+    anyhow::ensure!(!frames.is_empty(), "the clip has no frames");
+    let (w, h) = (frames[0].width, frames[0].height);
+    let d = &board.models.detector;
+    let mut measured = Vec::new();
+    for (i, (name, path, input)) in d.all_variants().into_iter().enumerate() {
+        let key = VariantKey::of(path, input, d.backend, board.inference.accelerator)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut det = Detector::new(&d.variant(i), w, h, &board.inference)
+            .with_context(|| format!("loading detector variant `{name}`"))?;
+        let mut dets = Vec::with_capacity(128);
+        // First runs pay for allocation and kernel selection: not what a running loop sees.
+        for f in frames.iter().take(3) {
+            det.prepare(f);
+            det.infer(&mut dets)?;
+        }
+        let (_, s) = time_bare(&frames, |f| {
+            det.prepare(f);
+            dets.clear();
+            let t = MonoTime::now();
+            det.infer(&mut dets)?;
+            Ok(MonoTime::now().since(t))
+        })?;
+        measured.push(Measurement {
+            variant: name.to_string(),
+            key,
+            p50_ms: ms(s.p50_us),
+            p99_ms: ms(s.p99_us),
+            runs: s.count,
+        });
+    }
+    let profile = LatencyProfile { schema: PROFILE_SCHEMA.into(), machine: machine(), detector: measured };
+    let path = board.storage.path.join(PROFILE_FILE);
+    profile.save(&path)?;
+    Ok((profile, path))
+}
+
+/// CPU model, core count and GPU, for whoever reads a latency profile.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let gpu = crate::infer::accel::DeviceIdentity::probe().gpu;
+    format!("{cpu}; {cores} CPUs; GPU {gpu}")
+}
+
+/// The profile in a few lines.
+pub fn render_profile(p: &LatencyProfile, path: &std::path::Path) -> String {
+    let mut s = format!("detector variants on {} (saved to {}):\n", p.machine, path.display());
+    for m in &p.detector {
+        s.push_str(&format!(
+            "  {:<16} {}x{} {:?}/{}: p50 {:7.2} ms  p99 {:7.2} ms  ({} runs)\n",
+            m.variant,
+            m.key.input[0],
+            m.key.input[1],
+            m.key.backend,
+            m.key.accelerator,
+            m.p50_ms,
+            m.p99_ms,
+            m.runs
+        ));
+    }
+    s
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +184,10 @@ pub struct Report {
     pub bare: Vec<Bare>,
     pub pipeline: Pipeline,
     pub paced: Paced,
+    /// Detector variants measured for model selection.
+    pub variants: LatencyProfile,
+    #[serde(skip)]
+    pub variants_file: PathBuf,
 }
 
 fn ms(us: u32) -> f64 {
@@ -186,6 +279,8 @@ pub fn run(
     opts: &BenchOptions,
     stop: &'static AtomicBool,
 ) -> anyhow::Result<Report> {
+    // First, so that the loops below start on the variant this machine can afford.
+    let (variants, variants_file) = profile_variants(board).context("detector variants")?;
     // A shared host's speed drifts over minutes: measure bare inference before and after the
     // loop and report the mean, so the pipeline/bare ratio compares like with like.
     let before = bare(board, opts.frames).context("bare inference")?;
@@ -252,6 +347,8 @@ pub fn run(
         bare,
         pipeline,
         paced,
+        variants,
+        variants_file,
     };
     if let Some(path) = &opts.json {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -320,6 +417,7 @@ impl Report {
             q.ladder_changes,
             q.decision_to_output_p99_us.map_or("n/a".into(), |us| format!("{us} us"))
         ));
+        s.push_str(&render_profile(&self.variants, &self.variants_file));
         s
     }
 }

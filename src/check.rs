@@ -72,12 +72,14 @@ pub fn check(board: &Board) -> anyhow::Result<String> {
     }
     crate::rules::RuleSet::new(board).context("rules")?;
     report.push(format!(
-        "rules: {} zone incursion, {} player down, {} whistle, {} camera obstructed, {} crowding",
+        "rules: {} zone incursion, {} player down, {} whistle, {} camera obstructed, {} crowding, {} thunder, {} fusion",
         board.rules.zone_incursion.len(),
         board.rules.player_down.len(),
         board.rules.whistle.len(),
         board.rules.camera_obstructed.len(),
-        board.rules.crowding.len()
+        board.rules.crowding.len(),
+        board.rules.thunder.len(),
+        board.rules.fusion.len()
     ));
     for o in &board.outputs {
         let note = match o.kind {

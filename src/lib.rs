@@ -7,6 +7,7 @@
 
 pub mod alert;
 pub mod audio;
+pub mod audit;
 pub mod bench;
 pub mod capture;
 pub mod check;
@@ -16,11 +17,15 @@ pub mod event;
 pub mod geometry;
 pub mod handoff;
 pub mod infer;
+pub mod models_cmd;
 pub mod pipeline;
 pub mod recorder;
 pub mod rulepack_cmd;
 pub mod rules;
+pub mod scenarios;
+pub mod signing;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
 pub mod track;
+pub mod update;

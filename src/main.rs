@@ -59,6 +59,10 @@ enum Command {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Only measure the detector variants and save the latency profile model selection
+        /// uses (seconds instead of minutes).
+        #[arg(long)]
+        variants_only: bool,
     },
     /// Validate a board profile and everything it points to.
     Check {
@@ -79,6 +83,55 @@ enum Command {
     Rulepack {
         #[command(subcommand)]
         command: RulepackCommand,
+    },
+    /// Signed A/B updates of the firmware and models, health-gated (docs/UPDATE.md).
+    Update {
+        #[command(subcommand)]
+        command: sideline::update::cli::UpdateCommand,
+    },
+    /// Models on this device's accelerator.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Whether sideline runs on this device and how it is doing, from its metrics endpoint.
+    Status {
+        #[arg(long)]
+        board: PathBuf,
+        /// The endpoint's address, instead of the profile's `[telemetry] metrics`.
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+    },
+    /// Run the labelled audio scenarios through the board's audio and fusion rules; print what
+    /// fired when, and precision and recall per rule. Exits 1 on a miss or a false alarm.
+    Scenarios {
+        /// The scenario set (its set.toml names the sounds and the default board).
+        #[arg(long, default_value = "tests/scenarios")]
+        dir: PathBuf,
+        /// Board profile whose rule parameters run (default: set.toml's).
+        #[arg(long)]
+        board: Option<PathBuf>,
+        /// Directory of the source sounds (default: set.toml's).
+        #[arg(long)]
+        sounds: Option<PathBuf>,
+    },
+    /// The hash-chained alert audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every line's hash and its link to the line before; exits 1 at the first bad line.
+    Verify {
+        /// The log file.
+        #[arg(long, required_unless_present = "board", conflicts_with = "board")]
+        file: Option<PathBuf>,
+        /// The log of this profile (`[telemetry] audit_log`, else `audit.log` in the storage dir).
+        #[arg(long)]
+        board: Option<PathBuf>,
     },
 }
 
@@ -114,6 +167,15 @@ enum StoreCommand {
         /// Patterns to write; 0 writes until killed.
         #[arg(long, default_value_t = 0)]
         count: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Build the board's TensorRT engines into the engine cache and report load times.
+    Build {
+        #[arg(long)]
+        board: PathBuf,
     },
 }
 
@@ -185,6 +247,10 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { board, events, max_frames, no_pace, pace_fps, frame_events } => {
+            // May exec into the current update slot's binary, or end a pending version that has
+            // used up its starts (non-zero exit: the service restarts into the committed slot).
+            // Before the profile is loaded: the slot's binary may know fields this one does not.
+            sideline::update::boot::start(&board).with_context(|| format!("starting {}", board.display()))?;
             let profile = Board::load(&board)?;
             install_signal_handlers();
             let opts = RunOptions {
@@ -193,6 +259,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 pace: !no_pace,
                 pace_fps,
                 frame_events,
+                metrics: None,
             };
             tracing::info!(board = %board.display(), "starting");
             let summary = pipeline::run(&profile, &opts, &STOP)
@@ -200,7 +267,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             eprintln!("{}", summary.render());
             Ok(())
         }
-        Command::Bench { board, frames, pace_fps, json } => {
+        Command::Bench { board, variants_only: true, .. } => {
+            let profile = Board::load(&board)?;
+            let (variants, file) = sideline::bench::profile_variants(&profile)
+                .with_context(|| format!("measuring detector variants of {}", board.display()))?;
+            print!("{}", sideline::bench::render_profile(&variants, &file));
+            Ok(())
+        }
+        Command::Bench { board, frames, pace_fps, json, .. } => {
             let profile = Board::load(&board)?;
             install_signal_handlers();
             let opts = sideline::bench::BenchOptions { frames, pace_fps, json };
@@ -219,6 +293,24 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Audio { command } => audio(command),
         Command::Store { command } => store(command),
         Command::Rulepack { command } => rulepack(command),
+        Command::Update { command } => sideline::update::cli::run(command),
+        Command::Status { board, addr } => status(&board, addr),
+        Command::Audit { command: AuditCommand::Verify { file, board } } => audit_verify(file, board),
+        Command::Scenarios { dir, board, sounds } => {
+            let report = sideline::scenarios::run(&sideline::scenarios::Options { dir, board, sounds })?;
+            print!("{}", report.render());
+            match report.failures() {
+                0 => Ok(()),
+                n => anyhow::bail!("{n} scenario expectation(s) failed (MISSED or FALSE ALARM above)"),
+            }
+        }
+        Command::Models { command: ModelsCommand::Build { board } } => {
+            let profile = Board::load(&board)?;
+            let report = sideline::models_cmd::build(&profile)
+                .with_context(|| format!("building engines for {}", board.display()))?;
+            print!("{report}");
+            Ok(())
+        }
     }
 }
 
@@ -259,6 +351,63 @@ fn audio(command: AudioCommand) -> anyhow::Result<()> {
         written,
         out.display()
     );
+    Ok(())
+}
+
+fn status(board: &std::path::Path, addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    use sideline::telemetry::status;
+    let profile = Board::load(board)?;
+    let backlog = || {
+        status::store_backlog(
+            &profile.storage.path,
+            sideline::store::StoreConfig::from_board(&profile.storage),
+        )
+    };
+    let configured = profile.telemetry.as_ref().and_then(|t| t.metrics_addr());
+    let Some(addr) = addr.or(configured) else {
+        println!("{}", backlog());
+        anyhow::bail!(
+            "{}: no metrics endpoint in the profile ([telemetry] metrics): cannot ask a running sideline",
+            board.display()
+        );
+    };
+    if addr.port() == 0 {
+        println!("{}", backlog());
+        anyhow::bail!(
+            "the profile's metrics port is 0 (picked at start and logged as `metrics on http://...`): pass --addr"
+        );
+    }
+    match status::read(addr, std::time::Duration::from_secs(1)) {
+        Ok((first, second)) => {
+            let (now, before) = match &second {
+                Some(s) => (s, Some(&first)),
+                None => (&first, None),
+            };
+            print!("{}", status::render(addr, now, before));
+            Ok(())
+        }
+        Err(e) => {
+            println!("{}", backlog());
+            anyhow::bail!("not running, or its metrics endpoint is unreachable at {addr}: {e}")
+        }
+    }
+}
+
+fn audit_verify(file: Option<PathBuf>, board: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = match (file, board) {
+        (Some(f), _) => f,
+        (None, Some(b)) => sideline::audit::path_for(&Board::load(&b)?),
+        (None, None) => anyhow::bail!("name the log: --file <path> or --board <toml>"),
+    };
+    let v = sideline::audit::verify(&path)?;
+    if let Some(t) = v.torn {
+        println!(
+            "warning: line {} is torn ({} bytes): a write cut short by a crash or power loss, not part of \
+             the chain (the next start cuts it off and records that)",
+            t.line, t.bytes
+        );
+    }
+    println!("OK: {}: {} entries, chain head {}", path.display(), v.entries, v.head_hex());
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! The recorder thread: everything the loop reports (events, alerts) crosses one bounded
 //! hand-off to here, so file and disk I/O never stall a frame. Alerts, ladder changes and
 //! summaries become patterns in the durable store, a batch per wake-up (one fsync for many),
-//! where the uplink finds them.
+//! where the uplink finds them; alerts also go to the hash-chained audit log ([`crate::audit`]).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 
 use anyhow::Context;
 
+use crate::audit::AuditLog;
 use crate::event::Event;
 use crate::handoff::{handoff_with_reserve, Handoff, HandoffRx};
 use crate::store::{NewPattern, Priority, Store};
@@ -45,6 +46,15 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn spawn(events: Option<&EventsDest>, store: Store) -> anyhow::Result<Self> {
+        Self::spawn_with_audit(events, store, None)
+    }
+
+    /// Like [`spawn`](Self::spawn), also appending every alert to the audit log.
+    pub fn spawn_with_audit(
+        events: Option<&EventsDest>,
+        store: Store,
+        audit: Option<AuditLog>,
+    ) -> anyhow::Result<Self> {
         let out: Option<Box<dyn Write + Send>> = match events {
             None => None,
             Some(EventsDest::Stdout) => Some(Box::new(std::io::stdout())),
@@ -55,7 +65,7 @@ impl Recorder {
         let (tx, rx) = handoff_with_reserve(CAPACITY, ALERT_RESERVE);
         let handle = std::thread::Builder::new()
             .name("recorder".into())
-            .spawn(move || record(rx, out.map(|w| BufWriter::with_capacity(1 << 16, w)), store))
+            .spawn(move || record(rx, out.map(|w| BufWriter::with_capacity(1 << 16, w)), store, audit))
             .context("starting the recorder thread")?;
         Ok(Self { tx, handle })
     }
@@ -93,6 +103,7 @@ fn record(
     rx: HandoffRx<Event>,
     mut out: Option<BufWriter<Box<dyn Write + Send>>>,
     mut store: Store,
+    mut audit: Option<AuditLog>,
 ) -> anyhow::Result<()> {
     let mut line = Vec::with_capacity(1024);
     let mut batch: Vec<NewPattern> = Vec::with_capacity(256);
@@ -118,6 +129,13 @@ fn record(
             if let Event::Ladder { frame, from, to, .. } = &ev {
                 tracing::warn!(frame, from, to, "degradation level changed");
             }
+            if let (Event::Alert(a), Some(log)) = (&ev, audit.as_mut()) {
+                if let Err(e) = log.append_alert(a) {
+                    tracing::error!("{e}; alerts are no longer audited in this run");
+                    first_err.get_or_insert(e.into());
+                    audit = None;
+                }
+            }
             if let Some((priority, kind, capture_us)) = pattern {
                 let body = String::from_utf8_lossy(&line).into_owned();
                 batch.push(NewPattern { priority, kind, capture_us, body });
@@ -136,6 +154,13 @@ fn record(
                 first_err.get_or_insert(e.into());
             }
             batch.clear();
+        }
+        // One fsync per batch, as for the store. A failed write may leave a torn line: the
+        // log is not written again this run, and the next open repairs it on the record.
+        if let Some(Err(e)) = audit.as_mut().map(AuditLog::sync) {
+            tracing::error!("{e}; alerts are no longer audited in this run");
+            first_err.get_or_insert(e.into());
+            audit = None;
         }
     }
     match first_err {

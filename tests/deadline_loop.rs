@@ -202,6 +202,7 @@ fn run(board: &Board, camera: Camera, model: SlowModel, dir: &Path) -> Run {
         heartbeat: Some(0),
         recorder,
         cfg: board.frame_loop.clone(),
+        tracking: board.tracking.clone(),
         rules_inbox: None,
         watches: Vec::new(),
     };

@@ -138,7 +138,7 @@ impl Rig {
             poses.clear();
             self.pose.prepare(&frame);
             self.pose.infer(&mut poses).unwrap();
-            let boxes: Vec<_> = poses.iter().map(|p| p.bbox).collect();
+            let boxes: Vec<_> = poses.iter().map(|p| (p.bbox, p.score)).collect();
             tracker.update(&boxes, &mut ids);
             // Only the pasted person: the clip's walkers in frame 0 are far from the lawn spot.
             let tracked: Vec<TrackedPose> = poses

@@ -6,12 +6,14 @@
 //! real one ([`alsa::AlsaMic`]) captures from the sound card.
 
 pub mod alsa;
+pub mod thunder;
 pub mod wav;
 pub mod whistle;
 
 use std::path::PathBuf;
 
 use crate::clock::MonoTime;
+use crate::rules::{AlertState, AudioRule};
 
 /// A run of samples. The buffer is reused from chunk to chunk.
 #[derive(Clone, Debug, Default)]
@@ -54,4 +56,43 @@ pub trait AudioSource: Send {
     /// Fills `chunk` with the next samples, blocking until they are available.
     /// Returns `Ok(false)` at the end of the stream.
     fn next_chunk(&mut self, chunk: &mut AudioChunk) -> Result<bool, AudioError>;
+}
+
+/// The detector of one audio rule, as the microphone thread and `sideline scenarios` run it.
+pub enum Detector {
+    Whistle(whistle::WhistleDetector),
+    Thunder(thunder::ThunderDetector),
+}
+
+impl Detector {
+    /// `chunk_len` samples per chunk at `rate` Hz; buffers are made here, none per chunk.
+    pub fn new(rule: &AudioRule, rate: u32, chunk_len: usize) -> Self {
+        match rule {
+            AudioRule::Whistle(w) => Self::Whistle(whistle::WhistleDetector::new(w, rate, chunk_len)),
+            AudioRule::Thunder(t) => Self::Thunder(thunder::ThunderDetector::new(t, rate, chunk_len)),
+        }
+    }
+
+    /// Feeds one chunk; returns a raise or clear, stamped with the capture time of the chunk
+    /// that decided it.
+    pub fn push(&mut self, chunk: &AudioChunk) -> Option<(AlertState, MonoTime)> {
+        match self {
+            Self::Whistle(d) => match d.push(chunk)? {
+                whistle::WhistleEvent::Started { at, .. } => Some((AlertState::Raised, at)),
+                whistle::WhistleEvent::Ended { at } => Some((AlertState::Cleared, at)),
+            },
+            Self::Thunder(d) => match d.push(chunk)? {
+                thunder::ThunderEvent::Started { at, .. } => Some((AlertState::Raised, at)),
+                thunder::ThunderEvent::Ended { at } => Some((AlertState::Cleared, at)),
+            },
+        }
+    }
+
+    /// Whether this detector holds its alert raised.
+    pub fn active(&self) -> bool {
+        match self {
+            Self::Whistle(d) => d.active(),
+            Self::Thunder(d) => d.active(),
+        }
+    }
 }

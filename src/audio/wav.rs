@@ -19,34 +19,7 @@ pub struct WavMic {
 
 impl WavMic {
     pub fn open(path: &Path, rate: u32, chunk_ms: u32, paced: bool) -> Result<Self, AudioError> {
-        let wav_err = |source| AudioError::Wav { path: path.to_path_buf(), source };
-        let mut reader = hound::WavReader::open(path).map_err(wav_err)?;
-        let spec = reader.spec();
-        if spec.channels == 0 || spec.sample_rate == 0 {
-            return Err(AudioError::Format {
-                path: path.to_path_buf(),
-                message: "header declares no channels or a zero sample rate".into(),
-            });
-        }
-        // Everything to f32 in -1..1 first; the file is read once, at start-up.
-        let interleaved: Vec<f32> = match spec.sample_format {
-            hound::SampleFormat::Float => {
-                reader.samples::<f32>().collect::<Result<_, _>>().map_err(wav_err)?
-            }
-            hound::SampleFormat::Int => {
-                let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
-                reader
-                    .samples::<i32>()
-                    .map(|s| s.map(|v| v as f32 * scale))
-                    .collect::<Result<_, _>>()
-                    .map_err(wav_err)?
-            }
-        };
-        let mono: Vec<f32> = interleaved
-            .chunks_exact(spec.channels as usize)
-            .map(|c| c.iter().sum::<f32>() / c.len() as f32)
-            .collect();
-        let samples = resample_linear(&mono, spec.sample_rate, rate)
+        let samples = load_mono(path, rate)?
             .into_iter()
             .map(|v| (v * 32767.0).round().clamp(-32768.0, 32767.0) as i16)
             .collect();
@@ -60,6 +33,37 @@ impl WavMic {
             start: MonoTime::now(),
         })
     }
+}
+
+/// Reads a WAV file (any channel count, integer or float samples) as mono samples in -1..1 at
+/// `rate` Hz. Done once, at start-up.
+pub fn load_mono(path: &Path, rate: u32) -> Result<Vec<f32>, AudioError> {
+    let wav_err = |source| AudioError::Wav { path: path.to_path_buf(), source };
+    let mut reader = hound::WavReader::open(path).map_err(wav_err)?;
+    let spec = reader.spec();
+    if spec.channels == 0 || spec.sample_rate == 0 {
+        return Err(AudioError::Format {
+            path: path.to_path_buf(),
+            message: "header declares no channels or a zero sample rate".into(),
+        });
+    }
+    // Everything to f32 in -1..1 first.
+    let interleaved: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>().map_err(wav_err)?,
+        hound::SampleFormat::Int => {
+            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
+            reader
+                .samples::<i32>()
+                .map(|s| s.map(|v| v as f32 * scale))
+                .collect::<Result<_, _>>()
+                .map_err(wav_err)?
+        }
+    };
+    let mono: Vec<f32> = interleaved
+        .chunks_exact(spec.channels as usize)
+        .map(|c| c.iter().sum::<f32>() / c.len() as f32)
+        .collect();
+    Ok(resample_linear(&mono, spec.sample_rate, rate))
 }
 
 /// Linear-interpolation resampler; adequate for event detection, not for hi-fi.

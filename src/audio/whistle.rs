@@ -142,4 +142,9 @@ impl WhistleDetector {
         }
         None
     }
+
+    /// Whether a whistle is being heard (its alert raised).
+    pub fn active(&self) -> bool {
+        self.active
+    }
 }

@@ -1,7 +1,9 @@
 //! Simulated camera: a YUV4MPEG2 clip played as if a sensor produced it.
 //!
 //! Y4M is raw 4:2:0 with a one-line header, so playing it needs no codec and no system library,
-//! and the pixels are exactly what a camera in I420 would hand over.
+//! and the pixels are exactly what a camera in I420 would hand over. The clip is read strictly
+//! forwards, so it can be a named pipe that another process writes frames into as they come
+//! (and stops writing into, to play a camera that stalls).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -207,6 +209,37 @@ mod tests {
         assert!(e.contains("frame 1 is truncated"), "{e}");
         let e = Y4mCamera::open(f.path(), false, Some((8, 8))).err().unwrap().to_string();
         assert!(e.contains("4x2 but the profile says 8x8"), "{e}");
+    }
+
+    #[test]
+    fn reads_a_named_pipe_written_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("camera");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let path = fifo.clone();
+        let writer = std::thread::spawn(move || {
+            let mut w = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            w.write_all(b"YUV4MPEG2 W4 H2 F25:1 C420jpeg\n").unwrap();
+            for i in 0..3u8 {
+                // Marker and pixels in separate writes, with pauses: the reader sees short reads.
+                w.write_all(b"FRAME\n").unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+                w.write_all(&[i; 5]).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+                w.write_all(&[i; 7]).unwrap();
+            }
+        });
+        let mut cam = Y4mCamera::open(&fifo, false, Some((4, 2))).unwrap();
+        let mut fr = Frame::new(4, 2, PixelFormat::I420);
+        let mut seen = vec![];
+        while cam.next_frame(&mut fr).unwrap() {
+            assert!(fr.data.iter().all(|&b| b == fr.seq as u8));
+            seen.push(fr.seq);
+        }
+        writer.join().unwrap();
+        assert_eq!(seen, [0, 1, 2], "every frame, then the end when the writer closes");
     }
 
     #[test]

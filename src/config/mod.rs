@@ -98,11 +98,21 @@ impl Board {
         if let Some(lib) = &mut self.inference.ort_library {
             fix(lib);
         }
+        fix(&mut self.inference.tensorrt.cache_dir);
         fix(&mut self.models.detector.path);
+        for v in &mut self.models.detector.variants {
+            fix(&mut v.path);
+        }
         if let Some(pose) = &mut self.models.pose {
             fix(&mut pose.path);
         }
         fix(&mut self.storage.path);
+        if let Some(log) = self.telemetry.as_mut().and_then(|t| t.audit_log.as_mut()) {
+            fix(log);
+        }
+        if let Some(update) = &mut self.update {
+            fix(&mut update.dir);
+        }
         if let Some(sync) = &mut self.sync {
             fix(&mut sync.ca);
             fix(&mut sync.cert);

@@ -15,6 +15,9 @@ pub struct Board {
     #[serde(default)]
     pub inference: Inference,
     pub models: Models,
+    /// How detections become tracks (src/track/mod.rs); every field has a default.
+    #[serde(default)]
+    pub tracking: Tracking,
     #[serde(default)]
     pub rules: Rules,
     pub outputs: Vec<Output>,
@@ -25,6 +28,38 @@ pub struct Board {
     /// The deadline loop: budgets, degradation ladder, alarms, real-time settings.
     #[serde(rename = "loop", default)]
     pub frame_loop: FrameLoop,
+    /// Signed A/B updates of the firmware and models (docs/UPDATE.md); without it the device
+    /// runs the binary it was started as and refuses bundles.
+    #[serde(default)]
+    pub update: Option<Update>,
+    /// Observability: the Prometheus endpoint and the alert audit log (docs/OBSERVABILITY.md).
+    /// Without it there is no endpoint; the audit log is kept all the same.
+    #[serde(default)]
+    pub telemetry: Option<Telemetry>,
+}
+
+/// `[telemetry]`: where the metrics endpoint listens and where the audit log lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// `ip:port` of the Prometheus text endpoint (`GET /metrics`), localhost by default (it has
+    /// no authentication); port 0 picks a free port, logged at start; `"off"` for none.
+    #[serde(default = "default_metrics_addr")]
+    pub metrics: String,
+    /// The alert audit log (hash chain); default `audit.log` in `[storage] path`.
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
+}
+
+fn default_metrics_addr() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl Telemetry {
+    /// The endpoint's address; `None` when it is off (or, before validation, malformed).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +130,87 @@ pub struct Inference {
     /// Threads for inference; 0 means one per core.
     #[serde(default)]
     pub threads: usize,
+    /// Where `ort` models run: the CPU, or an NVIDIA GPU through onnxruntime's CUDA or
+    /// TensorRT execution provider. A GPU that cannot be used stops the device at start.
+    #[serde(default)]
+    pub accelerator: Accelerator,
+    #[serde(default)]
+    pub tensorrt: TensorRt,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accelerator {
+    #[default]
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+impl std::fmt::Display for Accelerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::Tensorrt => "tensorrt",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// INT8 where the model carries quantization (QDQ) or a calibration table, FP16 elsewhere.
+    #[default]
+    Int8,
+    Fp16,
+    Fp32,
+}
+
+/// TensorRT engine settings (`[inference.tensorrt]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorRt {
+    /// Built engines and timing caches, one directory per model, TensorRT version and GPU.
+    #[serde(default = "default_engine_cache")]
+    pub cache_dir: PathBuf,
+    #[serde(default)]
+    pub precision: Precision,
+    /// TensorRT calibration table for models without QDQ nodes (file name inside the model's
+    /// cache directory, as onnxruntime expects).
+    #[serde(default)]
+    pub calibration_table: Option<String>,
+    /// Builder workspace limit.
+    #[serde(default = "default_workspace_mb")]
+    pub workspace_mb: u32,
+    /// Orin's deep-learning accelerator core to use, if any (AGX Orin has two).
+    #[serde(default)]
+    pub dla_core: Option<u32>,
+    /// Let onnxruntime put nodes TensorRT and CUDA cannot run on the CPU. Off: such a model
+    /// fails to load, instead of quietly running part of every frame on the CPU.
+    #[serde(default)]
+    pub allow_cpu_nodes: bool,
+}
+
+impl Default for TensorRt {
+    fn default() -> Self {
+        Self {
+            cache_dir: default_engine_cache(),
+            precision: Precision::default(),
+            calibration_table: None,
+            workspace_mb: default_workspace_mb(),
+            dla_core: None,
+            allow_cpu_nodes: false,
+        }
+    }
+}
+
+fn default_engine_cache() -> PathBuf {
+    PathBuf::from("/var/lib/sideline/engines")
+}
+
+fn default_workspace_mb() -> u32 {
+    1024
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -125,6 +241,42 @@ pub struct DetectorModel {
     /// Per-class score thresholds overriding `score_threshold`, e.g. `{ "sports ball" = 0.7 }`.
     #[serde(default)]
     pub class_thresholds: std::collections::BTreeMap<String, f32>,
+    /// Cheaper alternatives (INT8, smaller inputs), most accurate first. The model above is
+    /// variant `primary`. At start the loop takes the first one whose measured p99 fits the
+    /// detect budget (`sideline bench` measures them); ladder levels may name one.
+    #[serde(default)]
+    pub variants: Vec<DetectorVariant>,
+}
+
+/// The name of the detector configured in `[models.detector]` itself.
+pub const PRIMARY_VARIANT: &str = "primary";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorVariant {
+    pub name: String,
+    /// Same outputs as the primary detector (e.g. its INT8 file).
+    pub path: PathBuf,
+    pub input: [u32; 2],
+}
+
+impl DetectorModel {
+    /// Every variant as `(name, path, input)`, primary first.
+    pub fn all_variants(&self) -> Vec<(&str, &std::path::Path, [u32; 2])> {
+        std::iter::once((PRIMARY_VARIANT, self.path.as_path(), self.input))
+            .chain(self.variants.iter().map(|v| (v.name.as_str(), v.path.as_path(), v.input)))
+            .collect()
+    }
+
+    /// This detector with variant `i`'s file and input.
+    pub fn variant(&self, i: usize) -> DetectorModel {
+        let mut m = self.clone();
+        if let Some(v) = i.checked_sub(1).and_then(|i| self.variants.get(i)) {
+            m.path = v.path.clone();
+            m.input = v.input;
+        }
+        m
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +297,60 @@ fn default_keypoint_threshold() -> f32 {
     0.2
 }
 
+/// `[tracking]`: the ByteTrack-style tracker run per detector class and on poses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracking {
+    /// Minimum IoU of a track's predicted box and a detection to associate them.
+    #[serde(default = "default_track_min_iou")]
+    pub min_iou: f32,
+    /// Detections from this score up to the detector's threshold for their class keep existing
+    /// tracks alive (a person half hidden or blurred) but are never reported and never start a
+    /// track. At or above a class's threshold (1: every class) there is no low-score stage.
+    #[serde(default = "default_track_low_score")]
+    pub low_score: f32,
+    /// Minimum IoU for a low-score detection.
+    #[serde(default = "default_track_low_min_iou")]
+    pub low_min_iou: f32,
+    /// Frames a confirmed track coasts on its prediction without a detection (an occlusion)
+    /// before it is dropped.
+    #[serde(default = "default_track_max_misses")]
+    pub max_misses: u32,
+    /// Hits before a track is confirmed; a track with fewer is dropped at its first miss (its
+    /// detections are reported all the same). 1: confirmed at once.
+    #[serde(default = "default_track_min_hits")]
+    pub min_hits: u32,
+    /// `kalman` (SORT's filter on centre, aspect and height) or `velocity` (smoothed centre
+    /// motion, the original tracker).
+    #[serde(default)]
+    pub motion: crate::track::Motion,
+    /// `optimal` (Hungarian, most total overlap) or `greedy` (best overlap first).
+    #[serde(default)]
+    pub association: crate::track::Association,
+}
+
+impl Default for Tracking {
+    fn default() -> Self {
+        toml::from_str("").expect("every [tracking] field has a default")
+    }
+}
+
+fn default_track_min_iou() -> f32 {
+    0.2
+}
+fn default_track_low_score() -> f32 {
+    0.1
+}
+fn default_track_low_min_iou() -> f32 {
+    0.5
+}
+fn default_track_max_misses() -> u32 {
+    10
+}
+fn default_track_min_hits() -> u32 {
+    1
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rules {
@@ -158,6 +364,106 @@ pub struct Rules {
     pub camera_obstructed: Vec<CameraObstructed>,
     #[serde(default)]
     pub crowding: Vec<Crowding>,
+    #[serde(default)]
+    pub thunder: Vec<Thunder>,
+    #[serde(default)]
+    pub fusion: Vec<Fusion>,
+}
+
+/// Thunder on the microphone: a burst of low-frequency, noise-like energy well above the
+/// background, lasting `min_duration_ms` (src/audio/thunder.rs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thunder {
+    pub name: String,
+    /// The rumble's band, `[low, high]` Hz.
+    #[serde(default = "default_thunder_band")]
+    pub band_hz: [f32; 2],
+    /// Band level over its running background estimate, dB.
+    #[serde(default = "default_thunder_rise")]
+    pub min_rise_db: f32,
+    /// Share of the energy from `band_hz[0]` up to Nyquist that lies in the band.
+    #[serde(default = "default_thunder_share")]
+    pub min_band_share: f32,
+    /// Spectral flatness in the band (geometric over arithmetic mean, 0..1): rumble is
+    /// noise-like (about 0.3), a voice's harmonics are not (below 0.1).
+    #[serde(default = "default_thunder_flatness")]
+    pub min_flatness: f32,
+    /// Band level, dB relative to full scale.
+    #[serde(default = "default_thunder_level")]
+    pub min_level_dbfs: f32,
+    /// Loud in the band for this long before it counts.
+    #[serde(default = "default_thunder_min_ms")]
+    pub min_duration_ms: f32,
+    /// Dips this short (a rolling rumble) do not end it.
+    #[serde(default = "default_thunder_gap_ms")]
+    pub max_gap_ms: f32,
+    /// Time constant with which the background follows a louder level, s.
+    #[serde(default = "default_thunder_background_s")]
+    pub background_s: f32,
+    /// Time constant with which it follows a quieter level, s.
+    #[serde(default = "default_thunder_background_fall_s")]
+    pub background_fall_s: f32,
+    /// Analysis window (rounded up to a power of two of samples): long enough to resolve the band.
+    #[serde(default = "default_thunder_window_ms")]
+    pub window_ms: f32,
+    pub severity: Severity,
+    pub outputs: Vec<String>,
+    /// Seconds after a thunder alert clears before thunder can raise it again.
+    #[serde(default = "default_cooldown")]
+    pub cooldown_s: f32,
+}
+
+fn default_thunder_band() -> [f32; 2] {
+    [20.0, 250.0]
+}
+fn default_thunder_rise() -> f32 {
+    10.0
+}
+// Share and flatness sit mid-way in the range where every scenario in tests/scenarios/ passes
+// (0.2-0.4 and 0.15-0.35): crowd and rain pass below, the quietest thunder fails above.
+fn default_thunder_share() -> f32 {
+    0.3
+}
+fn default_thunder_flatness() -> f32 {
+    0.25
+}
+fn default_thunder_level() -> f32 {
+    -45.0
+}
+fn default_thunder_min_ms() -> f32 {
+    600.0
+}
+fn default_thunder_gap_ms() -> f32 {
+    400.0
+}
+fn default_thunder_background_s() -> f32 {
+    20.0
+}
+fn default_thunder_background_fall_s() -> f32 {
+    1.0
+}
+fn default_thunder_window_ms() -> f32 {
+    128.0
+}
+
+/// Alerts of other rules meeting: every rule in `all_of` raised within `within_s` of the others
+/// (in any order) or still raised, e.g. a whistle and a player down make a medic alert. Raised
+/// once per episode; cleared when none of them is raised any more.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fusion {
+    pub name: String,
+    /// Names of the rules (two or more; not fusion rules themselves).
+    pub all_of: Vec<String>,
+    #[serde(default = "default_fusion_within_s")]
+    pub within_s: f32,
+    pub severity: Severity,
+    pub outputs: Vec<String>,
+}
+
+fn default_fusion_within_s() -> f32 {
+    5.0
 }
 
 /// More people in a zone than it safely holds (a crowd at the touchline, a pitch invasion),
@@ -310,7 +616,10 @@ fn default_whistle_gap_ms() -> f32 {
     100.0
 }
 fn default_whistle_share() -> f32 {
-    0.6
+    // 0.6 missed tuxfootball's short whistle 3 dB under the crowd (its blast held 0.56 of the
+    // energy in its fifth chunk); speech fires at 0.35, the crowd at 0.3 (tests/scenarios/ passes
+    // with 0.4-0.55).
+    0.5
 }
 fn default_whistle_peakiness() -> f32 {
     8.0
@@ -478,6 +787,50 @@ fn default_backoff_max_s() -> f64 {
     30.0
 }
 
+/// `[update]`: where the A/B slots live, whose signatures bundles must carry, and the health
+/// gate a new version must pass before it is committed (docs/UPDATE.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    /// Holds `slots/a`, `slots/b`, the `current` link and `state.json`.
+    #[serde(default = "default_update_dir")]
+    pub dir: PathBuf,
+    /// ed25519 public keys (base64, as `sync.rulepack_keys`) whose signatures bundles must
+    /// carry; none: every bundle is refused.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Seconds a new version must run continuously healthy before it is committed.
+    #[serde(default = "default_gate_s")]
+    pub gate_s: f64,
+    /// Seconds after start by which the gate must be passed; otherwise the version is rolled
+    /// back.
+    #[serde(default = "default_gate_timeout_s")]
+    pub gate_timeout_s: f64,
+    /// Starts of a new version that may end before the gate decides (crashes) before it is
+    /// rolled back.
+    #[serde(default = "default_max_boot_tries")]
+    pub max_boot_tries: u32,
+    /// Command run after switching slots to start the new version; empty: none.
+    #[serde(default = "default_restart")]
+    pub restart: Vec<String>,
+}
+
+fn default_update_dir() -> PathBuf {
+    PathBuf::from("/var/lib/sideline/update")
+}
+fn default_gate_s() -> f64 {
+    60.0
+}
+fn default_gate_timeout_s() -> f64 {
+    300.0
+}
+fn default_max_boot_tries() -> u32 {
+    3
+}
+fn default_restart() -> Vec<String> {
+    ["systemctl", "try-restart", "sideline.service"].map(String::from).to_vec()
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FrameLoop {
@@ -569,6 +922,9 @@ pub struct LadderLevel {
     /// Decide one frame in N; the others are dropped unseen.
     #[serde(default = "one")]
     pub frame_skip: u32,
+    /// A cheaper detector variant (by name) for this level and the ones below it.
+    #[serde(default)]
+    pub detector: Option<String>,
 }
 
 fn one() -> u32 {

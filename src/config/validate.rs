@@ -32,7 +32,9 @@ pub(super) fn check(b: &Board) -> Findings {
             f.push(("inference.ort_library".into(), "must not be empty".into()));
         }
     }
+    check_accelerator(b, &mut f);
     check_models(b, &mut f);
+    check_tracking(b, &mut f);
     let outputs = check_outputs(b, &mut f);
     check_rules(b, &outputs, &mut f);
     check_loop(b, &outputs, &mut f);
@@ -40,7 +42,94 @@ pub(super) fn check(b: &Board) -> Findings {
     if let Some(s) = &b.sync {
         check_sync(s, &mut f);
     }
+    if let Some(u) = &b.update {
+        check_update(u, &mut f);
+    }
+    if let Some(t) = &b.telemetry {
+        check_telemetry(t, &mut f);
+    }
     f
+}
+
+fn check_telemetry(t: &Telemetry, f: &mut Findings) {
+    if t.metrics != "off" && t.metrics_addr().is_none() {
+        f.push((
+            "telemetry.metrics".into(),
+            format!("`{}` is not an address like \"127.0.0.1:9464\" (ip:port), nor \"off\"", t.metrics),
+        ));
+    }
+    if let Some(p) = &t.audit_log {
+        if p.as_os_str().is_empty() || p.is_dir() {
+            f.push(("telemetry.audit_log".into(), format!("`{}` must name a file", p.display())));
+        }
+    }
+}
+
+fn check_update(u: &Update, f: &mut Findings) {
+    if u.dir.as_os_str().is_empty() {
+        f.push(("update.dir".into(), "must not be empty".into()));
+    }
+    for (i, k) in u.keys.iter().enumerate() {
+        if let Err(e) = crate::config::rulepack::parse_public_key(k) {
+            f.push((format!("update.keys[{i}]"), e));
+        }
+    }
+    if !(u.gate_s > 0.0 && u.gate_s <= 86_400.0) {
+        f.push(("update.gate_s".into(), format!("{} s is outside (0, 86400]", u.gate_s)));
+    }
+    if !(u.gate_timeout_s > u.gate_s && u.gate_timeout_s <= 86_400.0) {
+        f.push((
+            "update.gate_timeout_s".into(),
+            format!("{} s must be above gate_s ({} s) and at most 86400", u.gate_timeout_s, u.gate_s),
+        ));
+    }
+    if !(1..=100).contains(&u.max_boot_tries) {
+        f.push(("update.max_boot_tries".into(), format!("{} is outside 1..=100", u.max_boot_tries)));
+    }
+    if u.restart.first().is_some_and(|c| c.trim().is_empty()) {
+        f.push(("update.restart".into(), "the command name must not be empty".into()));
+    }
+}
+
+fn check_accelerator(b: &Board, f: &mut Findings) {
+    if b.inference.accelerator == Accelerator::Cpu {
+        return;
+    }
+    let accel = b.inference.accelerator;
+    // tract has no GPU path: a model on it would quietly stay on the CPU.
+    if b.models.detector.backend == Backend::Tract {
+        f.push((
+            "models.detector.backend".into(),
+            format!("`tract` runs on the CPU only; inference.accelerator `{accel}` needs `ort`"),
+        ));
+    }
+    if b.models.pose.as_ref().is_some_and(|p| p.backend == Backend::Tract) {
+        f.push((
+            "models.pose.backend".into(),
+            format!("`tract` runs on the CPU only; inference.accelerator `{accel}` needs `ort`"),
+        ));
+    }
+    let t = &b.inference.tensorrt;
+    if t.cache_dir.as_os_str().is_empty() {
+        f.push(("inference.tensorrt.cache_dir".into(), "must not be empty".into()));
+    }
+    if !(16..=65_536).contains(&t.workspace_mb) {
+        f.push((
+            "inference.tensorrt.workspace_mb".into(),
+            format!("{} is outside 16..=65536", t.workspace_mb),
+        ));
+    }
+    if t.dla_core.is_some_and(|c| c > 1) {
+        f.push(("inference.tensorrt.dla_core".into(), "Orin has DLA cores 0 and 1".into()));
+    }
+    if let Some(name) = &t.calibration_table {
+        if name.is_empty() || name.contains('/') {
+            f.push((
+                "inference.tensorrt.calibration_table".into(),
+                format!("`{name}` must be a file name inside the engine cache directory"),
+            ));
+        }
+    }
 }
 
 fn check_storage(b: &Board, f: &mut Findings) {
@@ -109,7 +198,10 @@ fn check_cameras(b: &Board, f: &mut Findings) {
         if !(c.fps > 0.0 && c.fps <= 240.0) {
             f.push((at("fps"), format!("{} is outside (0, 240]", c.fps)));
         }
-        if c.kind == CameraKind::Sim && !c.source.is_file() {
+        // A named pipe is a clip too: another process feeding frames live (a test stalls it).
+        let clip = std::fs::metadata(&c.source)
+            .is_ok_and(|m| m.is_file() || std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
+        if c.kind == CameraKind::Sim && !clip {
             f.push((
                 at("source"),
                 format!("no such clip: {} (run scripts/setup to fetch the sample media)", c.source.display()),
@@ -152,6 +244,25 @@ fn check_models(b: &Board, f: &mut Findings) {
         }
         check_threshold(v, field, f);
     }
+    let mut names = HashSet::from([PRIMARY_VARIANT]);
+    for (i, v) in d.variants.iter().enumerate() {
+        let at = |field: &str| format!("models.detector.variants[{i}].{field}");
+        if !names.insert(v.name.as_str()) {
+            f.push((at("name"), format!("`{}` is already a detector variant", v.name)));
+        }
+        check_model_file(&v.path, at("path"), f);
+        if v.input[0] == 0 || v.input[1] == 0 {
+            f.push((at("input"), "width and height must be non-zero".into()));
+        }
+    }
+    for (i, l) in b.frame_loop.ladder.iter().enumerate() {
+        if let Some(name) = l.detector.as_deref().filter(|n| !names.contains(n)) {
+            f.push((
+                format!("loop.ladder[{i}].detector"),
+                format!("`{name}` is not `primary` or a name in models.detector.variants"),
+            ));
+        }
+    }
     if let Some(p) = &b.models.pose {
         check_model_file(&p.path, "models.pose.path".into(), f);
         if p.input.iter().any(|&v| v == 0 || v % 32 != 0) {
@@ -162,6 +273,23 @@ fn check_models(b: &Board, f: &mut Findings) {
         }
         check_threshold(p.score_threshold, "models.pose.score_threshold".into(), f);
         check_threshold(p.keypoint_threshold, "models.pose.keypoint_threshold".into(), f);
+    }
+}
+
+fn check_tracking(b: &Board, f: &mut Findings) {
+    let t = &b.tracking;
+    for (field, v) in [("min_iou", t.min_iou), ("low_min_iou", t.low_min_iou)] {
+        if !(v > 0.0 && v < 1.0) {
+            f.push((format!("tracking.{field}"), format!("{v} is outside (0, 1)")));
+        }
+    }
+    // At or above a class's threshold there is no low-score stage for that class (1: none).
+    check_threshold(t.low_score, "tracking.low_score".into(), f);
+    if t.max_misses > 300 {
+        f.push(("tracking.max_misses".into(), format!("{} is outside 0..=300", t.max_misses)));
+    }
+    if !(1..=30).contains(&t.min_hits) {
+        f.push(("tracking.min_hits".into(), format!("{} is outside 1..=30", t.min_hits)));
     }
 }
 
@@ -308,6 +436,11 @@ fn check_rules(b: &Board, outputs: &HashSet<&str>, f: &mut Findings) {
             f.push((at("min_band_share"), format!("{} is outside (0, 1]", w.min_band_share)));
         }
     }
+    for (i, t) in b.rules.thunder.iter().enumerate() {
+        let at = |field: &str| format!("rules.thunder[{i}].{field}");
+        check_rule_common(&at, &t.name, &t.outputs, t.cooldown_s, outputs, &mut names, f);
+        check_thunder(b, t, &at, f);
+    }
     for (i, r) in b.rules.player_down.iter().enumerate() {
         let at = |field: &str| format!("rules.player_down[{i}].{field}");
         check_rule_common(&at, &r.name, &r.outputs, r.cooldown_s, outputs, &mut names, f);
@@ -325,6 +458,84 @@ fn check_rules(b: &Board, outputs: &HashSet<&str>, f: &mut Findings) {
                 f.push((at(field), format!("{v} must be > 0")));
             }
         }
+    }
+    // Last: a fusion rule names rules of any other kind.
+    let inputs = names.clone();
+    for (i, r) in b.rules.fusion.iter().enumerate() {
+        let at = |field: &str| format!("rules.fusion[{i}].{field}");
+        check_rule_common(&at, &r.name, &r.outputs, 0.0, outputs, &mut names, f);
+        check_fusion(r, &inputs, &at, f);
+    }
+}
+
+fn check_thunder(b: &Board, t: &Thunder, at: &dyn Fn(&str) -> String, f: &mut Findings) {
+    let Some(audio) = &b.audio else {
+        f.push((at("name"), "a thunder rule needs a microphone ([audio])".into()));
+        return;
+    };
+    let nyquist = audio.sample_rate as f32 / 2.0;
+    let [lo, hi] = t.band_hz;
+    if !(lo > 0.0 && lo < hi && hi <= nyquist) {
+        f.push((at("band_hz"), format!("[{lo}, {hi}] must rise and lie within 0..{nyquist} Hz")));
+    } else if t.window_ms > 0.0 && t.window_ms.is_finite() {
+        let n = crate::audio::thunder::window_len(audio.sample_rate, t.window_ms, 0);
+        let bin_hz = audio.sample_rate as f32 / n as f32;
+        if (hi - lo) < 4.0 * bin_hz {
+            f.push((
+                at("band_hz"),
+                format!(
+                    "[{lo}, {hi}] spans fewer than 4 bins of {bin_hz:.1} Hz at window_ms = {}: widen it or lengthen the window",
+                    t.window_ms
+                ),
+            ));
+        }
+    }
+    if !(t.window_ms >= audio.chunk_ms as f32 && t.window_ms <= 1000.0) {
+        f.push((
+            at("window_ms"),
+            format!("{} is outside audio.chunk_ms ({})..=1000", t.window_ms, audio.chunk_ms),
+        ));
+    }
+    if !(t.min_rise_db >= 0.0 && t.min_rise_db <= 100.0) {
+        f.push((at("min_rise_db"), format!("{} dB is outside 0..=100", t.min_rise_db)));
+    }
+    if !(t.min_band_share > 0.0 && t.min_band_share <= 1.0) {
+        f.push((at("min_band_share"), format!("{} is outside (0, 1]", t.min_band_share)));
+    }
+    if !(t.min_flatness >= 0.0 && t.min_flatness < 1.0) {
+        f.push((at("min_flatness"), format!("{} is outside [0, 1)", t.min_flatness)));
+    }
+    if !(t.min_level_dbfs >= -120.0 && t.min_level_dbfs <= 0.0) {
+        f.push((at("min_level_dbfs"), format!("{} dBFS is outside -120..=0", t.min_level_dbfs)));
+    }
+    for (field, v) in [
+        ("min_duration_ms", t.min_duration_ms),
+        ("max_gap_ms", t.max_gap_ms),
+        ("background_s", t.background_s),
+        ("background_fall_s", t.background_fall_s),
+    ] {
+        if !(v > 0.0 && v.is_finite()) {
+            f.push((at(field), format!("{v} must be > 0")));
+        }
+    }
+}
+
+fn check_fusion(r: &Fusion, rules: &HashSet<String>, at: &dyn Fn(&str) -> String, f: &mut Findings) {
+    if r.all_of.len() < 2 {
+        f.push((at("all_of"), "name at least two rules".into()));
+    }
+    for (j, name) in r.all_of.iter().enumerate() {
+        if r.all_of[..j].contains(name) {
+            f.push((at(&format!("all_of[{j}]")), format!("`{name}` is listed twice")));
+        } else if !rules.contains(name) {
+            f.push((
+                at(&format!("all_of[{j}]")),
+                format!("no rule named `{name}` (fusion rules cannot be fused)"),
+            ));
+        }
+    }
+    if !(r.within_s > 0.0 && r.within_s <= 3600.0) {
+        f.push((at("within_s"), format!("{} s is outside (0, 3600]", r.within_s)));
     }
 }
 

@@ -45,6 +45,16 @@ impl ClassFilter {
     pub fn keeps(&self, class: u16, score: f32) -> bool {
         self.0.get(class as usize).is_some_and(|&min| score >= min)
     }
+
+    /// The score from which `class` is kept (infinite: not kept at all).
+    pub fn threshold(&self, class: u16) -> f32 {
+        self.0.get(class as usize).copied().unwrap_or(f32::INFINITY)
+    }
+
+    /// The same classes, each kept from `floor` where that is below its threshold.
+    pub fn lowered(&self, floor: f32) -> Self {
+        Self(self.0.map(|min| if min.is_finite() { min.min(floor) } else { min }))
+    }
 }
 
 /// Two boxes of one class overlapping more than this are one object.
@@ -91,6 +101,8 @@ pub struct Detector {
     pre: Preprocessor,
     outputs: Vec<Vec<f32>>,
     keep: ClassFilter,
+    /// What decoding keeps: `keep`, or lower for the tracker's low-score stage.
+    decode: ClassFilter,
 }
 
 impl Detector {
@@ -110,13 +122,27 @@ impl Detector {
                 message: format!("output `{}` has shape {:?}; expected [1, N, 6]", spec.name, spec.shape),
             });
         }
-        let pre = Preprocessor::new(frame_w, frame_h, w, h, 0.0);
+        let pre = Preprocessor::new(frame_w, frame_h, w, h, 0.0).with_gpu(settings);
         Ok(Self {
             outputs: vec![Vec::with_capacity(100 * ROW)],
             engine,
             pre,
             keep: ClassFilter::new(&cfg.classes, cfg.score_threshold, &cfg.class_thresholds),
+            decode: ClassFilter::new(&cfg.classes, cfg.score_threshold, &cfg.class_thresholds),
         })
+    }
+
+    /// Also output detections from `floor` up to each class's threshold, for the tracker's
+    /// low-score stage; [`Detector::threshold`] tells them apart. Non-maximum suppression is best
+    /// first, so the detections at or above the thresholds are the same as without.
+    pub fn keep_low_scores(&mut self, floor: f32) {
+        self.decode = self.keep.lowered(floor);
+    }
+
+    /// The score from which a detection of `class` counts (is reported); below it, only the
+    /// tracker sees it.
+    pub fn threshold(&self, class: u16) -> f32 {
+        self.keep.threshold(class)
     }
 
     pub fn engine(&self) -> &dyn Engine {
@@ -131,7 +157,7 @@ impl Detector {
     /// Runs the model on the prepared input and appends detections to `out`.
     pub fn infer(&mut self, out: &mut Vec<Detection>) -> Result<(), InferError> {
         self.engine.run(&mut self.outputs)?;
-        decode(&self.outputs[0], &self.pre.letterbox, &self.keep, out);
+        decode(&self.outputs[0], &self.pre.letterbox, &self.decode, out);
         Ok(())
     }
 }
@@ -163,6 +189,30 @@ mod tests {
         decode(&raw, &lb, &ClassFilter::new(&names, 0.45, &overrides), &mut out);
         let got: Vec<(u16, f32)> = out.iter().map(|d| (d.class, d.score)).collect();
         assert_eq!(got, vec![(32, 0.8), (0, 0.5)]);
+    }
+
+    #[test]
+    fn lowered_filter_adds_low_scores_without_changing_the_high_ones() {
+        let lb = Letterbox::new(512, 512, 512, 512);
+        #[rustfmt::skip]
+        let raw = [
+            100.0, 100.0, 140.0, 200.0, 0.8, 0.0,   // a person
+            102.0, 101.0, 141.0, 201.0, 0.3, 0.0,   // the same person again, low: suppressed
+            300.0, 100.0, 340.0, 200.0, 0.3, 0.0,   // a half-hidden person: low
+            10.0, 10.0, 20.0, 20.0, 0.5, 32.0,      // a ball below its own threshold: low
+            60.0, 10.0, 70.0, 20.0, 0.05, 32.0,     // below the floor
+        ];
+        let names = vec!["person".to_string(), "sports ball".to_string()];
+        let high = ClassFilter::new(&names, 0.45, &BTreeMap::from([("sports ball".to_string(), 0.7)]));
+        let (mut a, mut b) = (vec![], vec![]);
+        decode(&raw, &lb, &high, &mut a);
+        decode(&raw, &lb, &high.lowered(0.1), &mut b);
+        assert_eq!(a.len(), 1);
+        assert_eq!(b.len(), 3);
+        let reported: Vec<Detection> =
+            b.iter().copied().filter(|d| d.score >= high.threshold(d.class)).collect();
+        assert_eq!(reported, a);
+        assert_eq!((high.threshold(0), high.threshold(32), high.threshold(2)), (0.45, 0.7, f32::INFINITY));
     }
 
     #[test]

@@ -4,13 +4,17 @@
 //! Jetson; `tract` is pure Rust and needs nothing installed. The model adapters
 //! ([`detector`], [`pose`]) own preprocessing and decoding and do not know which backend runs.
 
+pub mod accel;
 pub mod coco;
+#[cfg(feature = "cuda")]
+pub mod cuda_pre;
 pub mod detector;
 pub mod letterbox;
 #[cfg(feature = "ort")]
 pub mod ort_engine;
 pub mod pose;
 pub mod preprocess;
+pub mod select;
 #[cfg(feature = "tract")]
 pub mod tract_engine;
 
@@ -49,6 +53,8 @@ pub enum InferError {
     Runtime(String),
     #[error("inference failed: {0}")]
     Run(String),
+    #[error("{}: accelerator {accelerator}: {message}", path.display())]
+    Accelerator { path: PathBuf, accelerator: crate::config::Accelerator, message: String },
     #[error("backend `{0:?}` is not compiled into this build (cargo feature `{1}`)")]
     NotBuilt(Backend, &'static str),
 }

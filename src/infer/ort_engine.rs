@@ -11,10 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::{Environment, GlobalThreadPoolOptions};
+use ort::ep::{self, ArbitrarilyConfigurableExecutionProvider, ExecutionProvider};
+use ort::session::builder::SessionBuilder;
 use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, ValueType};
 use ort::AsPointer;
 
+use super::accel::{self, EpPlan};
 use super::{DType, Engine, InferError, InputMut, TensorSpec};
 use crate::config::{Backend, Inference};
 
@@ -117,10 +120,20 @@ impl OrtEngine {
         let mismatch = |message: String| InferError::Mismatch { path: path.to_path_buf(), message };
         // Read the file ourselves: a missing file then reads as an I/O error, not an ORT one.
         let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
-        let session = Session::builder(env)
-            .map_err(|e| load_err(e.to_string()))?
-            .commit_from_memory(&bytes)
-            .map_err(|e| load_err(e.to_string()))?;
+        let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
+        let plan = accel::plan(settings, path, &bytes, shape, &accel::DeviceIdentity::probe());
+        if let Some(plan) = &plan {
+            builder = with_plan(builder, plan, path, settings)?;
+        }
+        let session = builder.commit_from_memory(&bytes).map_err(|e| match &plan {
+            // With the CPU fallback off, a node no GPU provider takes fails here.
+            Some(p) => InferError::Accelerator {
+                path: path.to_path_buf(),
+                accelerator: p.accelerator,
+                message: format!("building the session: {e}"),
+            },
+            None => load_err(e.to_string()),
+        })?;
         let inputs: Vec<TensorSpec> = session.inputs().iter().map(|o| spec(o.name(), o.dtype())).collect();
         let all: Vec<TensorSpec> = session.outputs().iter().map(|o| spec(o.name(), o.dtype())).collect();
         let [input_spec] = <[TensorSpec; 1]>::try_from(inputs)
@@ -174,6 +187,57 @@ impl OrtEngine {
             output_ptrs,
         })
     }
+}
+
+/// Registers the plan's execution providers, each with `error_on_failure`: a GPU provider that
+/// cannot start must stop the device, never leave it running on the CPU.
+fn with_plan(
+    mut builder: SessionBuilder,
+    plan: &EpPlan,
+    path: &Path,
+    settings: &Inference,
+) -> Result<SessionBuilder, InferError> {
+    let err = |message: String| InferError::Accelerator {
+        path: path.to_path_buf(),
+        accelerator: plan.accelerator,
+        message,
+    };
+    let lib = library_path(settings).map_or("?".into(), |l| l.display().to_string());
+    let mut eps = Vec::with_capacity(plan.providers.len());
+    for (name, options) in &plan.providers {
+        let available = match *name {
+            accel::TENSORRT => ep::TensorRT::is_available(),
+            _ => ep::CUDA::is_available(),
+        }
+        .map_err(|e| err(e.to_string()))?;
+        if !available {
+            return Err(err(format!(
+                "the onnxruntime library {lib} has no {name} (a CPU-only build?): install an \
+                 onnxruntime built with CUDA and TensorRT (JetPack's) and point \
+                 inference.ort_library at it, or set inference.accelerator = \"cpu\""
+            )));
+        }
+        eps.push(match *name {
+            accel::TENSORRT => options
+                .iter()
+                .fold(ep::TensorRT::default(), |e, (k, v)| e.with_arbitrary_config(k, v))
+                .build()
+                .error_on_failure(),
+            _ => options
+                .iter()
+                .fold(ep::CUDA::default(), |e, (k, v)| e.with_arbitrary_config(k, v))
+                .build()
+                .error_on_failure(),
+        });
+    }
+    if let Some(dir) = &plan.cache_dir {
+        std::fs::create_dir_all(dir).map_err(|e| err(format!("engine cache {}: {e}", dir.display())))?;
+    }
+    builder = builder.with_execution_providers(eps).map_err(|e| err(e.to_string()))?;
+    for (key, value) in &plan.session {
+        builder = builder.with_config_entry(key, value).map_err(|e| err(e.to_string()))?;
+    }
+    Ok(builder)
 }
 
 impl Engine for OrtEngine {

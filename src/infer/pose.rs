@@ -85,7 +85,7 @@ impl PoseEstimator {
                 message: format!("output `{}` has shape {:?}; expected [1, 6, {ROW}]", out.name, out.shape),
             });
         }
-        let pre = Preprocessor::new(frame_w, frame_h, w, h, 0.0);
+        let pre = Preprocessor::new(frame_w, frame_h, w, h, 0.0).with_gpu(settings);
         Ok(Self { outputs: vec![Vec::with_capacity(6 * ROW)], engine, pre, threshold: cfg.score_threshold })
     }
 

@@ -57,6 +57,9 @@ pub struct Preprocessor {
     row_y: Vec<f32>,
     row_u: Vec<f32>,
     row_v: Vec<f32>,
+    /// The same conversion on the GPU, where one is used (`cuda` feature, GPU accelerator).
+    #[cfg(feature = "cuda")]
+    gpu: Option<(super::cuda_pre::CudaPreprocessor, Vec<f32>)>,
 }
 
 impl Preprocessor {
@@ -75,7 +78,31 @@ impl Preprocessor {
             row_y: vec![0.0; src_w as usize],
             row_u: vec![0.0; src_w.div_ceil(2) as usize],
             row_v: vec![0.0; src_w.div_ceil(2) as usize],
+            #[cfg(feature = "cuda")]
+            gpu: None,
         }
+    }
+
+    /// Moves the conversion to the GPU when the profile runs its models there and this build
+    /// and machine can; otherwise stays on the CPU and says why.
+    pub fn with_gpu(self, settings: &crate::config::Inference) -> Self {
+        if settings.accelerator == crate::config::Accelerator::Cpu {
+            return self;
+        }
+        #[cfg(feature = "cuda")]
+        {
+            let lb = self.letterbox;
+            match super::cuda_pre::CudaPreprocessor::new(lb.src_w, lb.src_h, lb.dst_w, lb.dst_h, self.pad) {
+                Ok(g) => {
+                    let scratch = vec![0.0; g.input_len()];
+                    return Self { gpu: Some((g, scratch)), ..self };
+                }
+                Err(e) => tracing::warn!("preprocessing stays on the CPU: {e}"),
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        tracing::info!("preprocessing on the CPU (this build has no `cuda` feature)");
+        self
     }
 
     /// Number of elements of the NHWC input.
@@ -85,9 +112,37 @@ impl Preprocessor {
 
     /// Writes `frame` into an engine's input buffer, whatever its element type.
     pub fn fill(&mut self, frame: &Frame, input: InputMut<'_>) {
+        #[cfg(feature = "cuda")]
+        let input = match self.fill_gpu(frame, input) {
+            Some(rest) => rest,
+            None => return,
+        };
         match input {
             InputMut::F32(b) => self.run(frame, b),
             InputMut::I32(b) => self.run(frame, b),
+        }
+    }
+
+    /// The GPU path: `None` when it filled the input, else the input back for the CPU. A GPU
+    /// error is logged once and the CPU takes over for good: a frame is never lost to it.
+    #[cfg(feature = "cuda")]
+    fn fill_gpu<'a>(&mut self, frame: &Frame, mut input: InputMut<'a>) -> Option<InputMut<'a>> {
+        let (gpu, scratch) = self.gpu.as_mut()?;
+        let done = match input {
+            InputMut::F32(ref mut b) => gpu.run(frame, b, false),
+            InputMut::I32(ref mut b) => gpu.run(frame, scratch, true).map(|()| {
+                for (o, &v) in b.iter_mut().zip(scratch.iter()) {
+                    *o = v as i32;
+                }
+            }),
+        };
+        match done {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!("GPU preprocessing failed, continuing on the CPU: {e}");
+                self.gpu = None;
+                Some(input)
+            }
         }
     }
 

@@ -31,12 +31,12 @@ use super::realtime;
 use super::supervisor::{Health, HealthWatch, Supervisor};
 use super::RunOptions;
 use crate::alert::AlertOutput;
-use crate::audio::whistle::{WhistleDetector, WhistleEvent};
+use crate::audio::Detector;
 use crate::audio::{AudioChunk, AudioSource};
 use crate::capture::slot::{FrameSlot, Put, SlotMode};
 use crate::capture::{Frame, FrameSource};
 use crate::clock::MonoTime;
-use crate::config::{FrameLoop, Realtime};
+use crate::config::{FrameLoop, Realtime, Tracking};
 use crate::event::Event;
 use crate::geometry::BBox;
 use crate::infer::coco;
@@ -48,6 +48,7 @@ use crate::rules::{
     Alert, AlertState, Mailbox, RuleKind, RuleMeta, RuleSet, RulesUpdate, Scene, Tracked, TrackedPose,
 };
 use crate::store::cache::{Recent, RecentAlerts};
+use crate::telemetry::metrics::{FrameSample, Metrics};
 use crate::telemetry::{alloc, AudioSummary, StageStats, Summary};
 use crate::track::{Tracker, TrackerConfig};
 
@@ -63,6 +64,8 @@ pub struct Parts {
     pub recorder: Recorder,
     pub ladder: Ladder,
     pub cfg: FrameLoop,
+    /// `[tracking]`: the trackers' settings.
+    pub tracking: Tracking,
     /// Where accepted rule packs arrive, to be swapped in between frames.
     pub rules_inbox: Option<Arc<Mailbox<RulesUpdate>>>,
     /// Followers of the loop's health (watchdog, update gate), run on the supervisor thread.
@@ -87,6 +90,7 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
         recorder,
         mut ladder,
         cfg,
+        tracking,
         rules_inbox,
         watches,
     } = parts;
@@ -100,13 +104,17 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     }
     let events = recorder.sender();
     let health = Arc::new(Health::new(MonoTime::now()));
+    // Live numbers for the metrics endpoint; written whether or not anyone reads them.
+    let metrics: Arc<Metrics> = opts.metrics.clone().unwrap_or_default();
     let (output_stage, out) = OutputStage::spawn(
         outputs,
         heartbeat,
         rules.shared_metas(),
         recorder.sender(),
         Some(health.clone()),
+        Some(metrics.clone()),
     )?;
+    out.send_urgent(OutputMsg::Fusion(0, rules.fusion()));
     let supervisor =
         Supervisor::spawn(&cfg, health.clone(), rules.alarms(), heartbeat.is_some(), out.clone(), watches)?;
     let slot = Arc::new(FrameSlot::new(if opts.pace { SlotMode::Latest } else { SlotMode::Lossless }));
@@ -120,8 +128,8 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     let audio_inbox: Arc<Mailbox<AudioRules>> = Arc::default();
     let audio_thread = microphone
         .map(|m| {
-            let whistles = (0, rules.whistles().to_vec());
-            spawn_microphone(m, whistles, audio_inbox.clone(), out.clone(), stop, audio_done.clone())
+            let audio = (0, rules.audio().to_vec());
+            spawn_microphone(m, audio, audio_inbox.clone(), out.clone(), stop, audio_done.clone())
         })
         .transpose()?;
     if let Some(rt) = &cfg.realtime {
@@ -131,13 +139,18 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     // ---- buffers for the loop, sized once.
     let mut dets: Vec<Detection> = Vec::with_capacity(128);
     let mut poses: Vec<Pose> = Vec::with_capacity(8);
-    let mut class_trackers: Vec<(u16, Tracker, Vec<BBox>)> = perception
+    // One tracker per class, reporting from the detector's threshold for the class; the poses
+    // given are all above the pose model's threshold.
+    let mut class_trackers: Vec<_> = perception
         .classes()
         .iter()
-        .map(|&id| (id, Tracker::new(TrackerConfig::default()), Vec::with_capacity(128)))
+        .map(|&id| {
+            let cfg = TrackerConfig::from_profile(&tracking, perception.score_threshold(id));
+            (id, Tracker::new(cfg), Vec::<(BBox, f32)>::with_capacity(128))
+        })
         .collect();
-    let mut pose_tracker = Tracker::new(TrackerConfig::default());
-    let mut pose_boxes: Vec<BBox> = Vec::with_capacity(8);
+    let mut pose_tracker = Tracker::new(TrackerConfig::from_profile(&tracking, 0.0));
+    let mut pose_boxes: Vec<(BBox, f32)> = Vec::with_capacity(8);
     let mut ids: Vec<u32> = Vec::with_capacity(128);
     let mut objects: Vec<Tracked> = Vec::with_capacity(128);
     let mut tracked_poses: Vec<TrackedPose> = Vec::with_capacity(8);
@@ -154,6 +167,8 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     let mut st_out = StageStats::with_budget("output", ms(b.output));
     let mut st_total = StageStats::with_budget("frame->out", Some(budget));
     let mut summary = Summary { budget_ms: budget.as_secs_f64() * 1000.0, ..Summary::default() };
+    metrics
+        .set_budgets(budget, [None, ms(b.preprocess), ms(b.detect), ms(b.pose), ms(b.rules), ms(b.output)]);
     let mut next_seq = 0u64;
     let mut counted_allocs = 0u64;
     let mut counted_frames = 0u64;
@@ -200,7 +215,8 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
                 rules = update.rules;
                 recent.clear();
                 out.send_urgent(OutputMsg::Rules(rules_gen, rules.shared_metas()));
-                audio_inbox.post((rules_gen, update.whistles));
+                out.send_urgent(OutputMsg::Fusion(rules_gen, rules.fusion()));
+                audio_inbox.post((rules_gen, update.audio));
                 events.send_urgent(Event::Rules { frame: frame.seq, version: update.version });
             }
 
@@ -239,14 +255,15 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
                 st_pose.record(t3.since(t2));
             }
 
-            // 5. track: one tracker per class, one for poses.
+            // 5. track: one tracker per class, one for poses. Low-score detections only carry
+            // tracks (id 0): the rules see the detections at or above the class threshold.
             objects.clear();
             for (class, tracker, boxes) in &mut class_trackers {
                 boxes.clear();
-                boxes.extend(dets.iter().filter(|d| d.class == *class).map(|d| d.bbox));
+                boxes.extend(dets.iter().filter(|d| d.class == *class).map(|d| (d.bbox, d.score)));
                 tracker.update(boxes, &mut ids);
-                let of_class = dets.iter().filter(|d| d.class == *class);
-                objects.extend(of_class.zip(&ids).map(|(d, &track)| Tracked {
+                let of_class = dets.iter().filter(|d| d.class == *class).zip(&ids);
+                objects.extend(of_class.filter(|(_, &track)| track != 0).map(|(d, &track)| Tracked {
                     track,
                     class: d.class,
                     score: d.score,
@@ -256,7 +273,7 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
             tracked_poses.clear();
             if plan.run_pose {
                 pose_boxes.clear();
-                pose_boxes.extend(poses.iter().map(|p| p.bbox));
+                pose_boxes.extend(poses.iter().map(|p| (p.bbox, p.score)));
                 pose_tracker.update(&pose_boxes, &mut ids);
                 tracked_poses
                     .extend(poses.iter().zip(&ids).map(|(p, &track)| TrackedPose { track, pose: *p }));
@@ -306,8 +323,28 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
                     Change::Down { from, to } => (from, to, "down"),
                     Change::Up { from, to } => (from, to, "up"),
                 };
+                health.set_level(to);
                 events.send(Event::Ladder { frame: seq, from, to, direction });
             }
+            // Atomics only: the endpoint reads them on its own thread.
+            metrics.frame(&FrameSample {
+                stages: [
+                    Some(t0.since(arrived)),
+                    Some(t1.since(t0)),
+                    Some(t2.since(t1)),
+                    plan.run_pose.then(|| t3.since(t2)),
+                    Some(t4.since(t3)),
+                    Some(done.since(t4)),
+                ],
+                age,
+                missed,
+                decided: done,
+                level: ladder.level(),
+                dropped_frames: summary.dropped_frames,
+                ladder_changes: summary.ladder_changes,
+                events_dropped: events.dropped(),
+                alerts_dropped: out.dropped(),
+            });
 
             // 9. report: the recorder thread serialises and writes.
             // Detections only go out when someone reads them: on two cores every wake-up of
@@ -458,13 +495,13 @@ fn same_player(recent: &RecentAlerts, metas: &[RuleMeta], alert: &Alert, ts: Mon
 }
 
 /// The audio rules of one rule set generation.
-type AudioRules = (u32, Vec<(usize, crate::config::Whistle)>);
+type AudioRules = (u32, Vec<(usize, crate::rules::AudioRule)>);
 
 /// The microphone thread: reads chunks and runs the audio rules on them, on the same clock
 /// as the frames, sending alerts straight to the output thread.
 fn spawn_microphone(
     mut mic: Box<dyn AudioSource>,
-    whistles: AudioRules,
+    audio: AudioRules,
     inbox: Arc<Mailbox<AudioRules>>,
     out: OutputTx,
     stop: &'static AtomicBool,
@@ -472,10 +509,10 @@ fn spawn_microphone(
 ) -> anyhow::Result<JoinHandle<anyhow::Result<AudioSummary>>> {
     let rate = mic.sample_rate();
     let chunk_len = mic.chunk_len();
-    let build = move |whistles: &[(usize, crate::config::Whistle)]| -> Vec<(usize, WhistleDetector)> {
-        whistles.iter().map(|(i, w)| (*i, WhistleDetector::new(w, rate, chunk_len))).collect()
+    let build = move |rules: &[(usize, crate::rules::AudioRule)]| -> Vec<(usize, Detector)> {
+        rules.iter().map(|(i, r)| (*i, Detector::new(r, rate, chunk_len))).collect()
     };
-    let (mut rules_gen, mut detectors) = (whistles.0, build(&whistles.1));
+    let (mut rules_gen, mut detectors) = (audio.0, build(&audio.1));
     let handle = std::thread::Builder::new().name("microphone".into()).spawn(move || {
         let mut chunk = AudioChunk { samples: Vec::with_capacity(chunk_len), ..Default::default() };
         let mut s = AudioSummary { peak_dbfs: f32::NEG_INFINITY, ..Default::default() };
@@ -485,19 +522,24 @@ fn spawn_microphone(
                 break;
             }
             let arrived = MonoTime::now();
-            if let Some((generation, whistles)) = inbox.take() {
+            if let Some((generation, rules)) = inbox.take() {
+                // What the old rules hold raised is cleared first, under the old rules.
+                for (rule, _) in detectors.iter().filter(|(_, d)| d.active()) {
+                    let alert =
+                        Alert { rule: *rule, state: AlertState::Cleared, track: 0, at: Default::default() };
+                    let (capture, decided) = (chunk.ts, MonoTime::now());
+                    let (rules, same_as) = (rules_gen, None);
+                    let msg = AlertMsg { alert, frame: chunk.seq, capture, arrived, decided, rules, same_as };
+                    out.send(OutputMsg::Alert(msg));
+                }
                 rules_gen = generation;
-                detectors = build(&whistles);
+                detectors = build(&rules);
             }
             s.chunks += 1;
             samples += chunk.samples.len() as u64;
             s.peak_dbfs = s.peak_dbfs.max(chunk.level_dbfs());
             for (rule, det) in &mut detectors {
-                let (state, at) = match det.push(&chunk) {
-                    Some(WhistleEvent::Started { at, .. }) => (AlertState::Raised, at),
-                    Some(WhistleEvent::Ended { at }) => (AlertState::Cleared, at),
-                    None => continue,
-                };
+                let Some((state, at)) = det.push(&chunk) else { continue };
                 let alert = Alert { rule: *rule, state, track: 0, at: Default::default() };
                 let decided = MonoTime::now();
                 let (rules, same_as) = (rules_gen, None);

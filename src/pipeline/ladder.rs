@@ -18,6 +18,8 @@ pub struct FramePlan {
     pub run_pose: bool,
     /// Which pose input variant (0 = the model's own input size).
     pub pose_variant: usize,
+    /// Which loaded detector (an index into [`Ladder::detectors`]).
+    pub detector: usize,
     /// Whether this frame is decided at all (frame skipping).
     pub decide: bool,
 }
@@ -33,6 +35,10 @@ pub struct Ladder {
     levels: Vec<LadderLevel>,
     /// Distinct pose inputs in use; index = pose variant.
     pose_inputs: Vec<Option<[u32; 2]>>,
+    /// Detector variant (index into the profile's variants, primary = 0) of each level.
+    level_detector: Vec<usize>,
+    /// Distinct detector variants in use, the start variant first.
+    detectors: Vec<usize>,
     level: usize,
     budget: Duration,
     headroom: Duration,
@@ -55,7 +61,7 @@ const MAX_BACKOFF: u32 = 16;
 
 impl Ladder {
     pub fn new(cfg: &FrameLoop, budget: Duration) -> Self {
-        let mut levels = vec![LadderLevel { pose_every: 1, pose_input: None, frame_skip: 1 }];
+        let mut levels = vec![LadderLevel { pose_every: 1, pose_input: None, frame_skip: 1, detector: None }];
         levels.extend(cfg.ladder.iter().cloned());
         let mut pose_inputs = vec![None];
         for l in &levels {
@@ -64,6 +70,8 @@ impl Ladder {
             }
         }
         Self {
+            level_detector: vec![0; levels.len()],
+            detectors: vec![0],
             levels,
             pose_inputs,
             level: 0,
@@ -95,6 +103,30 @@ impl Ladder {
         &self.pose_inputs
     }
 
+    /// Detector variants the loop must be able to run, as indices into the profile's variant
+    /// list (primary = 0); [`FramePlan::detector`] indexes this list.
+    pub fn detectors(&self) -> &[usize] {
+        &self.detectors
+    }
+
+    /// Starts on detector variant `start` (chosen by budget) and moves along `names` (the
+    /// profile's variants, most accurate first) where levels name one. A level never runs a
+    /// variant more expensive than the one above it, nor than `start`: what did not fit the
+    /// budget at start is not tried when the loop is already struggling.
+    pub fn select_detectors(&mut self, names: &[&str], start: usize) {
+        let mut current = start.min(names.len().saturating_sub(1));
+        self.detectors = vec![current];
+        for (level, l) in self.levels.iter().enumerate() {
+            if let Some(i) = l.detector.as_deref().and_then(|n| names.iter().position(|v| *v == n)) {
+                current = current.max(i);
+            }
+            self.level_detector[level] = current;
+            if !self.detectors.contains(&current) {
+                self.detectors.push(current);
+            }
+        }
+    }
+
     /// The plan for the next frame from the camera.
     pub fn plan(&mut self) -> FramePlan {
         let l = &self.levels[self.level];
@@ -104,7 +136,9 @@ impl Ladder {
         let run_pose =
             decide && l.pose_every > 0 && (n / l.frame_skip.max(1) as u64) % l.pose_every as u64 == 0;
         let pose_variant = self.pose_inputs.iter().position(|p| *p == l.pose_input).unwrap_or(0);
-        FramePlan { level: self.level, run_pose, pose_variant, decide }
+        let want = self.level_detector[self.level];
+        let detector = self.detectors.iter().position(|&d| d == want).unwrap_or(0);
+        FramePlan { level: self.level, run_pose, pose_variant, detector, decide }
     }
 
     /// Records how old a decided frame was when its decision was out; may change the level.
@@ -199,6 +233,36 @@ mod tests {
         }
         assert_eq!(down(&mut l), Some(Change::Down { from: 0, to: 1 }));
         assert_eq!(ups_after(&mut l), Some(5));
+    }
+
+    #[test]
+    fn the_detector_moves_along_the_variant_list_never_above_the_start() {
+        let cfg: FrameLoop = toml::from_str(
+            "degrade_after = 1\nwindow = 4\nrecover_after = 2\n\
+             [[ladder]]\npose_every = 2\n[[ladder]]\ndetector = \"int8-384\"\n[[ladder]]\nframe_skip = 2\n",
+        )
+        .unwrap();
+        let names = ["primary", "int8-512", "int8-384"];
+        let variants = |start| {
+            let mut l = Ladder::new(&cfg, Duration::from_millis(100));
+            l.select_detectors(&names, start);
+            let mut seen = Vec::new();
+            for _ in 0..4 {
+                let d = l.plan().detector;
+                seen.push(l.detectors()[d]);
+                l.record(LATE);
+            }
+            seen
+        };
+        // Level 2 switches to int8-384, and level 3 keeps it.
+        assert_eq!(variants(0), [0, 0, 2, 2]);
+        // Started on int8-512 by budget: the levels above 2 never go back to primary.
+        assert_eq!(variants(1), [1, 1, 2, 2]);
+        // Started on the cheapest: a level naming a dearer variant does not climb back.
+        assert_eq!(variants(2), [2, 2, 2, 2]);
+        let mut l = Ladder::new(&cfg, Duration::from_millis(100));
+        l.select_detectors(&names, 1);
+        assert_eq!(l.detectors(), [1, 2]);
     }
 
     #[test]

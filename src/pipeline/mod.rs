@@ -6,6 +6,7 @@
 
 pub mod frame_loop;
 pub mod ladder;
+pub mod notify;
 pub mod output;
 pub mod perception;
 pub mod realtime;
@@ -20,6 +21,7 @@ use anyhow::Context;
 
 use crate::alert;
 use crate::audio::{alsa::AlsaMic, wav::WavMic, AudioSource};
+use crate::audit::AuditLog;
 use crate::capture::{v4l2::V4l2Camera, y4m::Y4mCamera, FrameSource};
 use crate::config::rulepack;
 use crate::config::{AudioKind, Board, CameraKind};
@@ -28,6 +30,8 @@ use crate::rules::{Mailbox, RuleSet, RulesUpdate};
 use crate::store::{Store, StoreConfig};
 use crate::sync::mqtt::{MqttLink, MqttSettings};
 use crate::sync::{Forwarder, ForwarderConfig, RulesSink};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::server::{MetricsServer, Sources};
 use crate::telemetry::Summary;
 
 pub use frame_loop::Parts;
@@ -42,6 +46,8 @@ pub struct RunOptions {
     pub pace_fps: Option<f64>,
     /// Emit one `frame` event per decided frame.
     pub frame_events: bool,
+    /// Where the loop publishes live numbers (the metrics endpoint reads them); `None`: its own.
+    pub metrics: Option<Arc<crate::telemetry::metrics::Metrics>>,
 }
 
 /// `stop` lets a camera that is waiting for a lost device give up when the process stops.
@@ -101,21 +107,36 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
     }
     let store_cfg = StoreConfig::from_board(&board.storage);
     let store = Store::open(&board.storage.path, store_cfg).context("opening the pattern store")?;
+    let audit = AuditLog::open(&crate::audit::path_for(board), &board.board.device_id)
+        .context("opening the alert audit log")?;
     let board = &with_saved_rulepack(board, &store);
     let camera = open_camera(board, opts, stop)?;
     let info = camera.info();
-    let ladder = ladder::Ladder::new(&board.frame_loop, frame_budget(board, info.fps));
-    let perception = perception::Models::load(board, info.width, info.height, ladder.pose_inputs())?;
+    let mut ladder = ladder::Ladder::new(&board.frame_loop, frame_budget(board, info.fps));
+    choose_detector(board, &mut ladder);
+    let perception = perception::Models::load(board, info.width, info.height, &ladder)?;
     let rules = RuleSet::new(board).context("building the rules")?;
     let outputs = alert::open_outputs(board).context("opening alert outputs")?;
     let heartbeat =
         board.frame_loop.heartbeat.as_ref().and_then(|h| board.outputs.iter().position(|o| &o.name == h));
     let microphone = open_microphone(board, opts.pace)?;
+    let mut watches: Vec<Box<dyn supervisor::HealthWatch>> = Vec::new();
+    if let Some(systemd) = notify::SystemdWatch::from_env().context("systemd notification settings")? {
+        watches.push(Box::new(systemd));
+    }
+    // A pending update version is committed or rolled back by the loop's health.
+    let gate = crate::update::gate::attach(board, stop).map(|(watch, handle)| {
+        watches.push(Box::new(watch));
+        handle
+    });
     let uplink = match &board.sync {
         Some(_) => Some(Uplink::start(board, store_cfg)?),
         None => None,
     };
-    let recorder = Recorder::spawn(opts.events.as_ref(), store)?;
+    let recorder = Recorder::spawn_with_audit(opts.events.as_ref(), store, Some(audit))?;
+    let metrics = opts.metrics.clone().unwrap_or_default();
+    let endpoint = start_metrics(board, &metrics, uplink.as_ref().map(|u| u.stats.clone()), store_cfg);
+    let opts = &RunOptions { metrics: Some(metrics), ..opts.clone() };
     let summary = frame_loop::run(
         Parts {
             camera,
@@ -127,8 +148,9 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
             recorder,
             ladder,
             cfg: board.frame_loop.clone(),
+            tracking: board.tracking.clone(),
             rules_inbox: uplink.as_ref().map(|u| u.rules.clone()),
-            watches: Vec::new(),
+            watches,
         },
         opts,
         stop,
@@ -136,7 +158,86 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
     if let Some(u) = uplink {
         u.finish(&board.storage.path, store_cfg);
     }
+    if let Some(e) = endpoint {
+        e.stop();
+    }
+    // A rolled-back version ends the run with an error, so the service restarts the committed one.
+    if let Some(gate) = gate {
+        gate.finish()?;
+    }
     summary
+}
+
+/// The metrics endpoint, when the profile's `[telemetry]` names an address. An address that
+/// cannot be bound is logged, not fatal: the device's job is its alerts, not its metrics.
+fn start_metrics(
+    board: &Board,
+    metrics: &Arc<Metrics>,
+    sync: Option<Arc<crate::sync::SyncStats>>,
+    store_cfg: StoreConfig,
+) -> Option<MetricsServer> {
+    let addr = board.telemetry.as_ref()?.metrics_addr()?;
+    let sources = Sources {
+        metrics: metrics.clone(),
+        device: board.board.device_id.clone(),
+        sync,
+        store: Some((board.storage.path.clone(), store_cfg)),
+        fs_root: crate::telemetry::thermal::root_from_env(),
+    };
+    match MetricsServer::start(addr, sources) {
+        Ok(server) => {
+            let addr = server.local_addr();
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "the metrics endpoint on {addr} is reachable from the network, without authentication"
+                );
+            }
+            tracing::info!("metrics on http://{addr}/metrics");
+            Some(server)
+        }
+        Err(e) => {
+            tracing::error!("{e}; running without it");
+            None
+        }
+    }
+}
+
+/// Starts the ladder on the most accurate detector variant whose measured latency on this
+/// machine fits the detect budget (see [`crate::infer::select`]).
+pub fn choose_detector(board: &Board, ladder: &mut ladder::Ladder) {
+    use crate::infer::select::{self, LatencyProfile, VariantKey, PROFILE_FILE};
+    let d = &board.models.detector;
+    if d.variants.is_empty() {
+        return;
+    }
+    let variants = d.all_variants();
+    let keys: Vec<(&str, VariantKey)> = variants
+        .iter()
+        .map(|&(name, path, input)| {
+            // An unreadable file fails to load right after this, with its own error.
+            let key =
+                VariantKey::of(path, input, d.backend, board.inference.accelerator).unwrap_or(VariantKey {
+                    file_sha: String::new(),
+                    input,
+                    backend: d.backend,
+                    accelerator: board.inference.accelerator,
+                });
+            (name, key)
+        })
+        .collect();
+    let profile = LatencyProfile::load(&board.storage.path.join(PROFILE_FILE)).unwrap_or_else(|e| {
+        tracing::warn!("{e}: ignoring it");
+        None
+    });
+    let budget = board
+        .frame_loop
+        .stage_budget_ms
+        .detect
+        .map_or(ladder.budget(), |ms| Duration::from_secs_f64(ms as f64 / 1000.0));
+    let choice = select::choose(&keys, profile.as_ref(), budget);
+    tracing::info!("detector variant {}", choice.reason);
+    let names: Vec<&str> = variants.iter().map(|v| v.0).collect();
+    ladder.select_detectors(&names, choice.index);
 }
 
 /// The profile with the last accepted rule pack applied, so a restart keeps the rules the

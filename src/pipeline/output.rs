@@ -15,7 +15,9 @@ use crate::clock::MonoTime;
 use crate::event::{AlertEvent, Event};
 use crate::handoff::{handoff, Handoff, HandoffRx};
 use crate::recorder::RecorderTx;
+use crate::rules::fusion::{FusionSet, FusionSpec};
 use crate::rules::{Alert, AlertState, RuleMeta, OUTPUT_FAULT};
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::{StageStats, StageSummary};
 
 #[derive(Clone, Copy, Debug)]
@@ -38,6 +40,8 @@ pub enum OutputMsg {
     Heartbeat(bool),
     /// A new rule set's metadata, sent before any alert of it.
     Rules(u32, Arc<[RuleMeta]>),
+    /// That rule set's fusion rules, sent right after its metadata.
+    Fusion(u32, Arc<[FusionSpec]>),
 }
 
 /// Sending side, shared by the loop and the supervisor; never blocks.
@@ -66,11 +70,12 @@ impl OutputStage {
         meta: Arc<[RuleMeta]>,
         recorder: RecorderTx,
         health: Option<Arc<Health>>,
+        metrics: Option<Arc<Metrics>>,
     ) -> anyhow::Result<(Self, OutputTx)> {
         let (tx, rx) = handoff(CAPACITY);
         let handle = std::thread::Builder::new()
             .name("outputs".into())
-            .spawn(move || drive(rx, outputs, heartbeat, meta, recorder, health))
+            .spawn(move || drive(rx, outputs, heartbeat, meta, recorder, health, metrics))
             .context("starting the output thread")?;
         Ok((Self { handle }, tx))
     }
@@ -98,6 +103,14 @@ struct Stage {
     recorder: RecorderTx,
     /// Told how many outputs are faulted, for the watchdog and the update gate.
     health: Option<Arc<Health>>,
+    /// Alerts by rule name and output failures, for the metrics endpoint.
+    metrics: Option<Arc<Metrics>>,
+    /// Fusion rules of rule set generation `fusion_gen`: every alert passes here, from the
+    /// loop, the supervisor and the microphone thread alike.
+    fusion: FusionSet,
+    fusion_gen: u32,
+    /// Fused alerts of the alert being handled (reused).
+    fused: Vec<Alert>,
 }
 
 fn drive(
@@ -107,7 +120,11 @@ fn drive(
     meta: Arc<[RuleMeta]>,
     recorder: RecorderTx,
     health: Option<Arc<Health>>,
+    metrics: Option<Arc<Metrics>>,
 ) -> OutputReport {
+    if let Some(m) = &metrics {
+        m.register_rules(&meta);
+    }
     let mut st = Stage {
         faulted: vec![false; outputs.len()],
         outputs,
@@ -117,6 +134,10 @@ fn drive(
         latency: StageStats::new("decide->out"),
         recorder,
         health,
+        metrics,
+        fusion: FusionSet::default(),
+        fusion_gen: 0,
+        fused: Vec::with_capacity(4),
     };
     loop {
         let msg = if st.outputs.iter().any(|o| o.pending()) {
@@ -126,7 +147,13 @@ fn drive(
         };
         match msg {
             Ok(OutputMsg::Heartbeat(level)) => st.heartbeat(level),
-            Ok(OutputMsg::Rules(generation, meta)) => st.tables.push((generation, meta)),
+            Ok(OutputMsg::Rules(generation, meta)) => {
+                if let Some(m) = &st.metrics {
+                    m.register_rules(&meta);
+                }
+                st.tables.push((generation, meta));
+            }
+            Ok(OutputMsg::Fusion(generation, specs)) => st.set_fusion(generation, &specs),
             Ok(OutputMsg::Alert(m)) => st.alert(&m),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -182,9 +209,53 @@ impl Stage {
             AlertState::Cleared => self.report.cleared += 1,
         }
         self.record(rule, m, done, driven);
+        self.fuse(m);
+    }
+
+    /// Runs the fusion rules on an alert just driven, and drives what they raise or clear at
+    /// once. A fused alert keeps its trigger's frame and times, so its latency runs from the
+    /// trigger's frame or chunk.
+    fn fuse(&mut self, m: &AlertMsg) {
+        if self.fusion.is_empty() || m.rules != self.fusion_gen {
+            return;
+        }
+        let mut fused = std::mem::take(&mut self.fused);
+        fused.clear();
+        self.fusion.observe(&m.alert, m.capture, &mut fused);
+        for &alert in &fused {
+            let decided = MonoTime::now();
+            self.alert(&AlertMsg { alert, decided, same_as: None, ..*m });
+        }
+        self.fused = fused;
+    }
+
+    /// A new rule set's fusion rules; what the old ones hold raised is cleared under them.
+    fn set_fusion(&mut self, generation: u32, specs: &[FusionSpec]) {
+        let mut cleared = std::mem::take(&mut self.fused);
+        cleared.clear();
+        self.fusion.clear_all(&mut cleared);
+        let now = MonoTime::now();
+        for &alert in &cleared {
+            let rules = self.fusion_gen;
+            self.alert(&AlertMsg {
+                alert,
+                frame: 0,
+                capture: now,
+                arrived: now,
+                decided: now,
+                rules,
+                same_as: None,
+            });
+        }
+        self.fused = cleared;
+        self.fusion = FusionSet::new(specs);
+        self.fusion_gen = generation;
     }
 
     fn record(&self, rule: &RuleMeta, m: &AlertMsg, done: MonoTime, outputs: Vec<String>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.alert(&rule.name, m.alert.state, done.since(m.decided));
+        }
         self.recorder.send_urgent(Event::Alert(AlertEvent {
             rule: rule.name.clone(),
             kind: rule.kind,
@@ -207,6 +278,9 @@ impl Stage {
         let failed = result.is_err();
         if let Err(e) = result {
             self.report.failures += 1;
+            if let Some(m) = &self.metrics {
+                m.output_failed();
+            }
             if !self.faulted[i] {
                 tracing::error!("{e}");
             }
@@ -229,7 +303,12 @@ impl Stage {
             if let Some(out) = self.outputs.get_mut(oi) {
                 match out.drive(&signal) {
                     Ok(()) => driven.push(out.name().to_string()),
-                    Err(_) => self.report.failures += 1,
+                    Err(_) => {
+                        self.report.failures += 1;
+                        if let Some(m) = &self.metrics {
+                            m.output_failed();
+                        }
+                    }
                 }
             }
         }
@@ -303,7 +382,9 @@ mod tests {
             Box::new(Flaky { name: "lamp", broken: Arc::default(), told: told.clone() }),
         ];
         let (rec_tx, rec_rx) = crate::handoff::handoff(64);
-        let (stage, tx) = OutputStage::spawn(outputs, None, metas, rec_tx, None).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (stage, tx) =
+            OutputStage::spawn(outputs, None, metas, rec_tx, None, Some(metrics.clone())).unwrap();
         let now = MonoTime::now();
         let msg = |state| {
             let alert = Alert { rule: 3, state, track: 7, at: Default::default() };
@@ -343,5 +424,98 @@ mod tests {
             ("road".to_string(), AlertState::Raised, vec![]),
             "the siren did not take it"
         );
+        let by_rule = metrics.alerts();
+        let counts = |r: &str| (by_rule[r].raised, by_rule[r].cleared);
+        assert_eq!(counts("road"), (1, 1), "counted by name, driven or not");
+        assert_eq!(counts("output-fault"), (1, 1));
+        assert_eq!(counts("camera-blind"), (0, 0), "every rule listed from the start");
+    }
+
+    /// An output that notes when it was told what.
+    struct Timed(Arc<std::sync::Mutex<Vec<(String, AlertState, MonoTime)>>>);
+
+    impl AlertOutput for Timed {
+        fn name(&self) -> &str {
+            "timed"
+        }
+
+        fn drive(&mut self, s: &Signal<'_>) -> Result<(), AlertError> {
+            self.0.lock().unwrap().push((s.rule.name.clone(), s.state, MonoTime::now()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_whistle_while_a_player_is_down_drives_the_medic_alert_within_the_fusion_budget() {
+        let meta = |name: &str, kind| RuleMeta {
+            name: name.into(),
+            kind,
+            severity: Severity::Critical,
+            outputs: vec![0],
+        };
+        let metas: Arc<[RuleMeta]> = vec![
+            meta("camera-blind", RuleKind::CameraBlind),
+            meta("loop-stalled", RuleKind::LoopStalled),
+            meta("output-fault", RuleKind::OutputFault),
+            meta("player-down", RuleKind::PlayerDown),
+            meta("whistle", RuleKind::Whistle),
+            meta("medic", RuleKind::Fusion),
+        ]
+        .into();
+        let told: Arc<std::sync::Mutex<Vec<(String, AlertState, MonoTime)>>> = Arc::default();
+        let (rec_tx, _rec_rx) = crate::handoff::handoff(4096);
+        let (stage, tx) =
+            OutputStage::spawn(vec![Box::new(Timed(told.clone()))], None, metas, rec_tx, None, None).unwrap();
+        tx.send_urgent(OutputMsg::Fusion(0, vec![FusionSpec::new(5, vec![3, 4], 5.0)].into()));
+        let send = |rule, state, track, capture: MonoTime| {
+            let alert = Alert { rule, state, track, at: Default::default() };
+            let now = MonoTime::now();
+            let msg =
+                AlertMsg { alert, frame: 1, capture, arrived: now, decided: now, rules: 0, same_as: None };
+            tx.send(OutputMsg::Alert(msg));
+            now
+        };
+        const EPISODES: usize = 100;
+        let mut whistle_decided = Vec::new();
+        for i in 0..EPISODES {
+            // Capture times one minute apart: every episode is a new one.
+            let t = MonoTime::from_nanos(1_000_000_000_000 + i as u64 * 60_000_000_000);
+            let s = |secs: u64| t.plus(Duration::from_secs(secs));
+            send(3, AlertState::Raised, 7, s(0));
+            whistle_decided.push(send(4, AlertState::Raised, 0, s(2)));
+            send(4, AlertState::Cleared, 0, s(3));
+            send(3, AlertState::Cleared, 7, s(10));
+            // A whistle with nobody down: no medic.
+            send(4, AlertState::Raised, 0, s(30));
+            send(4, AlertState::Cleared, 0, s(31));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        drop(tx);
+        stage.finish().unwrap();
+        let told = told.lock().unwrap().clone();
+        let of = |name: &str, state| -> Vec<MonoTime> {
+            told.iter().filter(|(n, s, _)| n == name && *s == state).map(|(_, _, t)| *t).collect()
+        };
+        let (medic_raised, whistle_driven) =
+            (of("medic", AlertState::Raised), of("whistle", AlertState::Raised));
+        assert_eq!(medic_raised.len(), EPISODES, "one medic alert per episode, none for a lone whistle");
+        assert_eq!(of("medic", AlertState::Cleared).len(), EPISODES, "cleared when the player is up");
+        // Each episode's medic alert follows its whistle (the first of its two).
+        let mut total = Vec::new();
+        let mut added = Vec::new();
+        for (i, medic) in medic_raised.iter().enumerate() {
+            total.push(medic.since(whistle_decided[i]));
+            added.push(medic.since(whistle_driven[2 * i]));
+        }
+        let max = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
+        let mean = |v: &[Duration]| v.iter().sum::<Duration>() / v.len() as u32;
+        eprintln!(
+            "fusion: whistle decided -> medic driven mean {:?} max {:?}; whistle driven -> medic driven mean {:?} max {:?} ({EPISODES} episodes)",
+            mean(&total),
+            max(&total),
+            mean(&added),
+            max(&added)
+        );
+        assert!(max(&total) < Duration::from_millis(50), "fusion budget is 50 ms: {:?}", max(&total));
     }
 }

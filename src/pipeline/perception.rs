@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 
-use super::ladder::FramePlan;
+use super::ladder::{FramePlan, Ladder};
 use crate::capture::{Frame, PixelFormat};
 use crate::config::Board;
 use crate::infer::coco;
@@ -13,6 +13,11 @@ use crate::infer::pose::{Pose, PoseEstimator};
 pub trait Perception: Send {
     /// COCO classes the detector reports.
     fn classes(&self) -> &[u16];
+    /// The score from which a detection of `class` is reported; [`Perception::detect`] may
+    /// also return lower ones, for the tracker's low-score stage only.
+    fn score_threshold(&self, _class: u16) -> f32 {
+        0.0
+    }
     /// Whether there is a pose stage at all.
     fn has_pose(&self) -> bool;
     /// Converts the frame into the model inputs this plan needs. Runs while the loop still holds
@@ -26,20 +31,28 @@ pub trait Perception: Send {
 /// The real models: the detector, and the pose model at each input size the ladder uses.
 pub struct Models {
     classes: Vec<u16>,
-    detector: Detector,
+    /// Index = [`FramePlan::detector`]: the detector variants the ladder uses.
+    detectors: Vec<Detector>,
+    /// The variant chosen for the frame being processed.
+    active: usize,
     /// Index = pose variant of [`FramePlan`]; empty when no rule needs pose.
     pose: Vec<PoseEstimator>,
 }
 
 impl Models {
-    pub fn load(
-        board: &Board,
-        width: u32,
-        height: u32,
-        pose_inputs: &[Option<[u32; 2]>],
-    ) -> anyhow::Result<Self> {
-        let detector = Detector::new(&board.models.detector, width, height, &board.inference)
-            .context("loading the detector")?;
+    pub fn load(board: &Board, width: u32, height: u32, ladder: &Ladder) -> anyhow::Result<Self> {
+        let variants = board.models.detector.all_variants();
+        let detectors = ladder
+            .detectors()
+            .iter()
+            .map(|&i| {
+                let cfg = board.models.detector.variant(i);
+                let name = variants.get(i).map_or("?", |v| v.0);
+                Detector::new(&cfg, width, height, &board.inference)
+                    .with_context(|| format!("loading the detector (variant `{name}`)"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let pose_inputs = ladder.pose_inputs();
         let needs_pose = !board.rules.player_down.is_empty();
         let pose = match &board.models.pose {
             Some(cfg) if needs_pose => pose_inputs
@@ -57,7 +70,11 @@ impl Models {
             _ => Vec::new(),
         };
         let classes = board.models.detector.classes.iter().filter_map(|c| coco::class_id(c)).collect();
-        let mut models = Self { classes, detector, pose };
+        // The trackers' low-score stage needs the boxes under the thresholds too; the loop
+        // reports only those at or above them (`score_threshold`).
+        let mut detectors = detectors;
+        detectors.iter_mut().for_each(|d| d.keep_low_scores(board.tracking.low_score));
+        let mut models = Self { classes, detectors, active: 0, pose };
         models.warm_up(width, height)?;
         Ok(models)
     }
@@ -67,8 +84,10 @@ impl Models {
     fn warm_up(&mut self, width: u32, height: u32) -> anyhow::Result<()> {
         let blank = Frame::new(width, height, PixelFormat::I420);
         let mut dets = Vec::with_capacity(128);
-        self.detector.prepare(&blank);
-        self.detector.infer(&mut dets).context("warming up the detector")?;
+        for d in &mut self.detectors {
+            d.prepare(&blank);
+            d.infer(&mut dets).context("warming up the detector")?;
+        }
         let mut poses = Vec::with_capacity(8);
         for p in &mut self.pose {
             p.prepare(&blank);
@@ -83,12 +102,17 @@ impl Perception for Models {
         &self.classes
     }
 
+    fn score_threshold(&self, class: u16) -> f32 {
+        self.detectors[0].threshold(class)
+    }
+
     fn has_pose(&self) -> bool {
         !self.pose.is_empty()
     }
 
     fn prepare(&mut self, frame: &Frame, plan: &FramePlan) {
-        self.detector.prepare(frame);
+        self.active = plan.detector.min(self.detectors.len() - 1);
+        self.detectors[self.active].prepare(frame);
         if plan.run_pose {
             if let Some(p) = self.pose.get_mut(plan.pose_variant) {
                 p.prepare(frame);
@@ -97,7 +121,7 @@ impl Perception for Models {
     }
 
     fn detect(&mut self, out: &mut Vec<Detection>) -> anyhow::Result<()> {
-        Ok(self.detector.infer(out)?)
+        Ok(self.detectors[self.active].infer(out)?)
     }
 
     fn pose(&mut self, plan: &FramePlan, out: &mut Vec<Pose>) -> anyhow::Result<()> {

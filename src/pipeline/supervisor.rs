@@ -6,7 +6,7 @@
 //! time; otherwise it holds the line low, so external hardware sees a stall even if this
 //! process cannot say anything else.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub struct Health {
     last_decided: AtomicU64,
     last_met: AtomicBool,
     last_frame: AtomicU64,
+    decided: AtomicU64,
+    level: AtomicUsize,
     faulted_outputs: AtomicU32,
 }
 
@@ -34,6 +36,15 @@ pub struct Health {
 /// block for long, since the heartbeat and the alarms share the thread.
 pub trait HealthWatch: Send {
     fn tick(&mut self, health: &HealthNow);
+
+    /// The longest gap between ticks this watch can live with (the watchdog's does); the
+    /// supervisor ticks at least this often.
+    fn max_tick(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The supervisor is stopping: the run is over.
+    fn finish(&mut self) {}
 }
 
 /// One supervisor tick's verdict.
@@ -44,16 +55,30 @@ pub struct HealthNow {
     pub camera_ok: bool,
     /// The loop decided a frame recently and met its last deadline: the heartbeat condition.
     pub on_time: bool,
+    /// The loop decided a frame within `stall_after_ms`: it is running, on time or not.
+    pub deciding: bool,
     /// Outputs whose last drive failed (each one has `output-fault` raised).
     pub faulted_outputs: u32,
     /// Last decided frame.
     pub frame: u64,
+    /// Frames decided so far: 0 until the loop has decided its first one (until then the
+    /// other fields describe a loop that has not started, not a healthy one).
+    pub decided: u64,
+    /// Current level of the degradation ladder (0: everything on every frame).
+    pub level: usize,
 }
 
 impl HealthNow {
     /// Everything a field device needs: camera, loop and outputs working.
     pub fn healthy(&self) -> bool {
         self.camera_ok && self.on_time && self.faulted_outputs == 0
+    }
+
+    /// Camera delivering and loop deciding, however late: what the systemd watchdog needs. A
+    /// restart can cure a hung loop or a wedged camera, not a slow model or a cut wire; those
+    /// raise their own alarms, and restarting for them would only blind the device meanwhile.
+    pub fn alive(&self) -> bool {
+        self.camera_ok && self.deciding
     }
 }
 
@@ -64,6 +89,8 @@ impl Health {
             last_decided: AtomicU64::new(now.as_nanos()),
             last_met: AtomicBool::new(true),
             last_frame: AtomicU64::new(0),
+            decided: AtomicU64::new(0),
+            level: AtomicUsize::new(0),
             faulted_outputs: AtomicU32::new(0),
         }
     }
@@ -81,13 +108,28 @@ impl Health {
     /// The loop decided a frame; `met` says whether it met its deadline.
     pub fn frame_decided(&self, frame: u64, at: MonoTime, met: bool) {
         self.last_frame.store(frame, Ordering::Relaxed);
+        self.decided.fetch_add(1, Ordering::Relaxed);
         self.last_met.store(met, Ordering::Relaxed);
         self.last_decided.store(at.as_nanos(), Ordering::Release);
+    }
+
+    /// The ladder moved to `level`.
+    pub fn set_level(&self, level: usize) {
+        self.level.store(level, Ordering::Relaxed);
     }
 
     fn since(v: &AtomicU64, now: MonoTime) -> Duration {
         now.since(MonoTime::from_nanos(v.load(Ordering::Acquire)))
     }
+}
+
+/// How often the supervisor looks: often enough to raise an alarm well within its configured
+/// time, and as often as the watches need (the systemd watchdog's interval can be shorter than
+/// the heartbeat's).
+pub fn tick_period(cfg: &FrameLoop, watches: &[Box<dyn HealthWatch>]) -> Duration {
+    let ms = |v: u32| Duration::from_millis(v as u64);
+    let alarms = ms(cfg.heartbeat_ms).min(ms(cfg.blind_after_ms) / 4).min(ms(cfg.stall_after_ms) / 4);
+    watches.iter().filter_map(|w| w.max_tick()).fold(alarms, Duration::min).max(Duration::from_millis(1))
 }
 
 pub struct Supervisor {
@@ -133,8 +175,7 @@ impl Supervisor {
         let blind_after = Duration::from_millis(cfg.blind_after_ms as u64);
         let stall_after = Duration::from_millis(cfg.stall_after_ms as u64);
         let period = Duration::from_millis(cfg.heartbeat_ms as u64);
-        // Check often enough to raise an alarm well within its configured time.
-        let tick = period.min(blind_after / 4).min(stall_after / 4).max(Duration::from_millis(1));
+        let tick = tick_period(cfg, &watches);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let handle = std::thread::Builder::new()
@@ -160,8 +201,11 @@ impl Supervisor {
                         now,
                         camera_ok,
                         on_time,
+                        deciding: Health::since(&health.last_decided, now) <= stall_after,
                         faulted_outputs: health.faulted_outputs.load(Ordering::Relaxed),
                         frame,
+                        decided: health.decided.load(Ordering::Relaxed),
+                        level: health.level.load(Ordering::Relaxed),
                     };
                     for w in &mut watches {
                         w.tick(&verdict);
@@ -176,6 +220,9 @@ impl Supervisor {
                             out.send(OutputMsg::Heartbeat(false));
                         }
                     }
+                }
+                for w in &mut watches {
+                    w.finish();
                 }
             })
             .context("starting the supervisor thread")?;

@@ -4,6 +4,7 @@
 //! They never allocate per frame in steady state and never block: output is the caller's job.
 
 pub mod crowding;
+pub mod fusion;
 pub mod obstructed;
 pub mod player_down;
 pub mod zone;
@@ -62,6 +63,17 @@ pub enum RuleKind {
     OutputFault,
     /// More people in a zone than it safely holds.
     Crowding,
+    /// Thunder on the microphone.
+    Thunder,
+    /// Alerts of other rules meeting (a whistle and a player down: a medic alert).
+    Fusion,
+}
+
+/// An audio rule's configuration, for the microphone thread.
+#[derive(Clone, Debug)]
+pub enum AudioRule {
+    Whistle(crate::config::Whistle),
+    Thunder(crate::config::Thunder),
 }
 
 /// Index of the built-in `output-fault` rule in every rule set.
@@ -101,7 +113,9 @@ pub struct RuleSet {
     camera_blind: usize,
     loop_stalled: usize,
     /// Audio rules, run on the microphone thread: (rule index, configuration).
-    whistles: Vec<(usize, crate::config::Whistle)>,
+    audio: Vec<(usize, AudioRule)>,
+    /// Fusion rules, run where every alert passes (the output thread).
+    fusion: Arc<[fusion::FusionSpec]>,
     zones: Vec<zone::ZoneRule>,
     downs: Vec<player_down::PlayerDownRule>,
     obstructed: Vec<obstructed::ObstructedRule>,
@@ -190,9 +204,9 @@ impl RuleSet {
                 outputs: routed(&c.outputs, c.severity),
             });
         }
-        let mut whistles = Vec::new();
+        let mut audio = Vec::new();
         for w in &board.rules.whistle {
-            whistles.push((meta.len(), w.clone()));
+            audio.push((meta.len(), AudioRule::Whistle(w.clone())));
             meta.push(RuleMeta {
                 name: w.name.clone(),
                 kind: RuleKind::Whistle,
@@ -200,7 +214,40 @@ impl RuleSet {
                 outputs: routed(&w.outputs, w.severity),
             });
         }
-        Ok(Self { meta: meta.into(), camera_blind, loop_stalled, zones, downs, obstructed, crowds, whistles })
+        for t in &board.rules.thunder {
+            audio.push((meta.len(), AudioRule::Thunder(t.clone())));
+            meta.push(RuleMeta {
+                name: t.name.clone(),
+                kind: RuleKind::Thunder,
+                severity: t.severity,
+                outputs: routed(&t.outputs, t.severity),
+            });
+        }
+        // Last: fusion rules name the rules above.
+        let inputs = meta.len();
+        let mut fusion = Vec::new();
+        for f in &board.rules.fusion {
+            let index = |name: &String| meta[..inputs].iter().position(|m| &m.name == name);
+            let rules = f.all_of.iter().filter_map(index).collect();
+            fusion.push(fusion::FusionSpec::new(meta.len(), rules, f.within_s));
+            meta.push(RuleMeta {
+                name: f.name.clone(),
+                kind: RuleKind::Fusion,
+                severity: f.severity,
+                outputs: routed(&f.outputs, f.severity),
+            });
+        }
+        Ok(Self {
+            meta: meta.into(),
+            camera_blind,
+            loop_stalled,
+            zones,
+            downs,
+            obstructed,
+            crowds,
+            audio,
+            fusion: fusion.into(),
+        })
     }
 
     /// Every rule's metadata, indexed by [`Alert::rule`].
@@ -213,9 +260,14 @@ impl RuleSet {
         self.meta.clone()
     }
 
-    /// Whistle rules with their indexes, for the microphone thread.
-    pub fn whistles(&self) -> &[(usize, crate::config::Whistle)] {
-        &self.whistles
+    /// Audio rules with their indexes, for the microphone thread.
+    pub fn audio(&self) -> &[(usize, AudioRule)] {
+        &self.audio
+    }
+
+    /// Fusion rules, for the output thread.
+    pub fn fusion(&self) -> Arc<[fusion::FusionSpec]> {
+        self.fusion.clone()
     }
 
     /// Indexes of the loop's own alarms: (camera blind, loop stalled).
@@ -266,14 +318,14 @@ pub struct RulesUpdate {
     pub version: u64,
     pub rules: RuleSet,
     /// A copy of the audio rules for the microphone thread, made here so the loop need not.
-    pub whistles: Vec<(usize, crate::config::Whistle)>,
+    pub audio: Vec<(usize, AudioRule)>,
 }
 
 impl RulesUpdate {
     pub fn new(board: &Board, version: u64) -> Result<Self, crate::geometry::PolygonError> {
         let rules = RuleSet::new(board)?;
-        let whistles = rules.whistles().to_vec();
-        Ok(Self { version, rules, whistles })
+        let audio = rules.audio().to_vec();
+        Ok(Self { version, rules, audio })
     }
 }
 

@@ -1,8 +1,15 @@
 //! Loop health in numbers: per-stage latency distributions and the end-of-run summary.
 //!
-//! Samples go into buffers sized once; percentiles are computed only when asked.
+//! Samples go into buffers sized once; percentiles are computed only when asked. While the
+//! device runs, [`metrics`] holds live numbers that [`server`] serves to Prometheus and
+//! [`status`] summarises for a person at the device (docs/OBSERVABILITY.md).
 
 pub mod alloc;
+pub mod metrics;
+pub mod server;
+pub mod status;
+pub mod text;
+pub mod thermal;
 
 use std::time::Duration;
 

@@ -108,6 +108,8 @@ pub fn kind_code(k: RuleKind) -> u8 {
         RuleKind::CameraObstructed => 6,
         RuleKind::OutputFault => 7,
         RuleKind::Crowding => 8,
+        RuleKind::Thunder => 9,
+        RuleKind::Fusion => 10,
     }
 }
 
@@ -122,6 +124,8 @@ pub fn kind_from_code(c: u8) -> Option<RuleKind> {
         6 => RuleKind::CameraObstructed,
         7 => RuleKind::OutputFault,
         8 => RuleKind::Crowding,
+        9 => RuleKind::Thunder,
+        10 => RuleKind::Fusion,
         _ => return None,
     })
 }

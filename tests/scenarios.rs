@@ -1,0 +1,168 @@
+//! The labelled audio scenario set (tests/scenarios/): `sideline scenarios` runs every scenario
+//! through the board's whistle and thunder detectors and the medic fusion, prints what fired
+//! when and precision and recall per rule, and must pass: every labelled event heard, nothing
+//! heard in the negatives. Also: a miss or a false alarm fails the command, a known miss is
+//! reported as such, and the new rules' parameters are validated like every other field.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn scenarios(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sideline")).arg("scenarios").args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn every_rule_fires_where_labelled_and_nowhere_else() {
+    let dir = common::repo().join("tests/scenarios");
+    let started = std::time::Instant::now();
+    let out = scenarios(&["--dir", dir.to_str().unwrap()]);
+    let report = text(&out);
+    // The table is the point of the run: shown with --nocapture, and on failure.
+    eprintln!("{report}");
+    assert!(out.status.success(), "the scenario set failed:\n{report}");
+    for rule in ["whistle", "thunder", "medic"] {
+        let row =
+            report.lines().find(|l| l.starts_with(&format!("{rule} "))).unwrap_or_else(|| panic!("{report}"));
+        assert!(row.trim_end().ends_with("1.000"), "{rule}: recall below 1 without a failure? {row}");
+    }
+    assert!(report.contains("0 failure(s)"), "{report}");
+    assert!(started.elapsed().as_secs() < 30, "the set must stay quick: {:?}", started.elapsed());
+}
+
+/// A scenario set in a temporary directory, over the real sounds and the sim-audio board.
+fn temp_set(dir: &Path, scenarios: &[(&str, &str)]) -> PathBuf {
+    let repo = common::repo();
+    let sounds = repo.join(".cache/media/sounds");
+    assert!(sounds.join("crowd.wav").is_file(), "{} is missing: run scripts/setup first", sounds.display());
+    let set = format!(
+        "sounds = \"{}\"\nboard = \"{}\"\n",
+        sounds.display(),
+        repo.join("board/sim-audio.toml").display()
+    );
+    std::fs::write(dir.join("set.toml"), set).unwrap();
+    for (name, body) in scenarios {
+        std::fs::write(dir.join(format!("{name}.toml")), body).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+#[test]
+fn a_miss_or_a_false_alarm_fails_and_a_known_miss_is_reported_not_hidden() {
+    let tmp = tempfile::tempdir().unwrap();
+    let crowd = "[[source]]\nsound = \"crowd\"\ngain_db = -9.0\nloop = true\n";
+    let whistle = "[[source]]\nsound = \"refwhistleshort\"\nat_s = 2.0\n";
+    let dir = temp_set(
+        tmp.path(),
+        &[
+            // Thunder expected where there is none: a miss.
+            ("missed", &format!("description = \"m\"\nlength_s = 6.0\n{crowd}[[expect]]\nrule = \"thunder\"\nfrom_s = 1.0\nto_s = 5.0\n")),
+            // A whistle nobody labelled: a false alarm.
+            ("unlabelled", &format!("description = \"u\"\nlength_s = 6.0\n{crowd}{whistle}")),
+        ],
+    );
+    let out = scenarios(&["--dir", dir.to_str().unwrap()]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("MISSED 1.00-5.00"), "{report}");
+    assert!(report.contains("FALSE ALARM 2.1"), "{report}");
+    assert!(report.contains("2 failure(s)"), "{report}");
+
+    // The same miss, labelled known with its reason: reported, counted in recall, not failed.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = temp_set(
+        tmp.path(),
+        &[(
+            "known",
+            &format!(
+                "description = \"k\"\nlength_s = 6.0\n{crowd}[[expect]]\nrule = \"thunder\"\nfrom_s = 1.0\nto_s = 5.0\nknown_miss = \"no thunder in it\"\n"
+            ),
+        )],
+    );
+    let out = scenarios(&["--dir", dir.to_str().unwrap()]);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("known miss: no thunder in it"), "{report}");
+    let row = report.lines().find(|l| l.starts_with("thunder ")).unwrap();
+    assert!(row.split_whitespace().collect::<Vec<_>>()[2..] == ["0", "0", "1", "1", "-", "0.000"], "{row}");
+
+    // A scenario naming a rule the board lacks is refused, not skipped.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = temp_set(
+        tmp.path(),
+        &[("typo", &format!("description = \"t\"\nlength_s = 6.0\n{crowd}[[expect]]\nrule = \"thundr\"\nfrom_s = 1.0\nto_s = 5.0\n"))],
+    );
+    let out = scenarios(&["--dir", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("expect[0].rule: no audio or fusion rule `thundr`"), "{}", text(&out));
+}
+
+/// sim-audio.toml with absolute paths, edited by `edit`, parsed and validated.
+fn load_edited(edit: impl FnOnce(String) -> String) -> Result<sideline::config::Board, String> {
+    let repo = common::repo();
+    let text = std::fs::read_to_string(repo.join("board/sim-audio.toml")).unwrap();
+    let text = edit(text.replace("\"../", &format!("\"{}/", repo.display())));
+    sideline::config::Board::from_toml(&text, &repo.join("board/edited.toml")).map_err(|e| e.to_string())
+}
+
+#[test]
+fn thunder_and_fusion_parameters_are_validated_with_their_field_named() {
+    load_edited(|t| t).expect("sim-audio.toml is valid");
+    let cases: [(&str, &str, &str, &str); 8] = [
+        (
+            "min_band_share = 0.3 ",
+            "min_band_share = 1.5 ",
+            "rules.thunder[0].min_band_share",
+            "outside (0, 1]",
+        ),
+        ("min_flatness = 0.25 ", "min_flatness = 1.0 ", "rules.thunder[0].min_flatness", "outside [0, 1)"),
+        ("band_hz = [20, 250]", "band_hz = [20, 25]", "rules.thunder[0].band_hz", "fewer than 4 bins"),
+        ("band_hz = [20, 250]", "band_hz = [250, 20]", "rules.thunder[0].band_hz", "must rise"),
+        ("min_duration_ms = 600", "min_duration_ms = 0", "rules.thunder[0].min_duration_ms", "must be > 0"),
+        ("window_ms = 128", "window_ms = 8", "rules.thunder[0].window_ms", "outside audio.chunk_ms"),
+        (
+            "all_of = [\"player-down\", \"whistle\"]",
+            "all_of = [\"player-down\", \"whistel\"]",
+            "rules.fusion[0].all_of[1]",
+            "no rule named `whistel`",
+        ),
+        ("within_s = 5.0", "within_s = 0.0", "rules.fusion[0].within_s", "outside (0, 3600]"),
+    ];
+    for (from, to, field, message) in cases {
+        let err = load_edited(|t| {
+            assert_eq!(t.matches(from).count(), 1, "{from:?} in sim-audio.toml");
+            t.replace(from, to)
+        })
+        .expect_err(to);
+        let line =
+            err.lines().find(|l| l.contains(field)).unwrap_or_else(|| panic!("{to}: no {field} in {err}"));
+        assert!(line.contains("edited.toml:") && line.contains(message), "{to}: {line}");
+    }
+    let err = load_edited(|t| t.replace("all_of = [\"player-down\", \"whistle\"]", "all_of = [\"whistle\"]"))
+        .expect_err("one rule");
+    assert!(err.contains("rules.fusion[0].all_of: name at least two rules"), "{err}");
+    let err = load_edited(|t| {
+        t.replace("all_of = [\"player-down\", \"whistle\"]", "all_of = [\"medic\", \"whistle\"]")
+    })
+    .expect_err("itself");
+    assert!(err.contains("rules.fusion[0].all_of[0]: no rule named `medic`"), "{err}");
+}
+
+#[test]
+fn sim_audio_profile_checks_clean() {
+    common::ort_env();
+    let board = common::repo().join("board/sim-audio.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_sideline"))
+        .arg("check")
+        .arg("--board")
+        .arg(&board)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 thunder, 1 fusion"), "{}", text(&out));
+}
