@@ -319,19 +319,9 @@ fn test_profile(text: &str, fifo: &Path) -> String {
     let clip = format!("\"{}/.cache/media/vtest.y4m\"", repo.display());
     assert!(text.contains(&clip), "the sim camera's clip");
     let text = text.replace(&clip, &format!("\"{}\"", fifo.display()));
-    let mut out = String::new();
-    let mut keep = true;
-    for line in text.lines() {
-        if line.starts_with('[') {
-            let dropped =
-                ["[models.pose]", "[[rules.player_down]]", "[audio]", "[[rules.whistle]]", "[[loop.ladder]]"];
-            keep = !dropped.contains(&line.trim());
-        }
-        if keep {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
+    let dropped =
+        ["[models.pose]", "[[rules.player_down]]", "[audio]", "[[rules.whistle]]", "[[loop.ladder]]"];
+    let mut out = common::without_tables(&text, &dropped);
     let edits = [
         ("[loop]\n", "[loop]\nbudget_ms = 3000\n".to_string()),
         ("blind_after_ms = 1000\n", format!("blind_after_ms = {BLIND_AFTER_MS}\n")),

@@ -95,6 +95,23 @@ pub fn sim_profile(dir: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
     path
 }
 
+/// Profile text without the tables (and arrays of tables) headed by any of `headers`, e.g.
+/// `"[[loop.ladder]]"`.
+pub fn without_tables(text: &str, headers: &[&str]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut keep = true;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            keep = !headers.contains(&line.trim());
+        }
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The whistle windows scripts/setup wrote beside field.wav: (start s, end s).
 pub fn whistle_windows() -> Vec<(f64, f64)> {
     std::fs::read_to_string(media("field.wav.txt"))
