@@ -61,13 +61,7 @@ pub fn profile_variants(board: &Board) -> anyhow::Result<(LatencyProfile, PathBu
             det.prepare(f);
             det.infer(&mut dets)?;
         }
-        let (_, s) = time_bare(&frames, |f| {
-            det.prepare(f);
-            dets.clear();
-            let t = MonoTime::now();
-            det.infer(&mut dets)?;
-            Ok(MonoTime::now().since(t))
-        })?;
+        let (_, s) = time_detector(&mut det, &frames)?;
         measured.push(Measurement {
             variant: name.to_string(),
             key,
@@ -217,6 +211,18 @@ fn time_bare(
     Ok((frames.len() as f64 / total.as_secs_f64().max(1e-9), stats.summary()))
 }
 
+/// Bare detector inference over `frames`, preprocessing untimed.
+fn time_detector(det: &mut Detector, frames: &[Frame]) -> anyhow::Result<(f64, StageSummary)> {
+    let mut dets = Vec::with_capacity(128);
+    time_bare(frames, |f| {
+        det.prepare(f);
+        dets.clear();
+        let t = MonoTime::now();
+        det.infer(&mut dets)?;
+        Ok(MonoTime::now().since(t))
+    })
+}
+
 fn read_frames(board: &Board, n: u64) -> anyhow::Result<Vec<Frame>> {
     let cam = board.cameras.first().context("the profile has no camera")?;
     anyhow::ensure!(cam.kind == CameraKind::Sim, "bench needs a simulated camera (a clip)");
@@ -246,14 +252,7 @@ fn bare(board: &Board, n: u64) -> anyhow::Result<Vec<Bare>> {
         let mut cfg = board.models.detector.clone();
         cfg.backend = backend;
         let mut det = Detector::new(&cfg, w, h, &board.inference)?;
-        let mut dets = Vec::with_capacity(128);
-        let (fps, s) = time_bare(frames, |f| {
-            det.prepare(f);
-            dets.clear();
-            let t = MonoTime::now();
-            det.infer(&mut dets)?;
-            Ok(MonoTime::now().since(t))
-        })?;
+        let (fps, s) = time_detector(&mut det, frames)?;
         out.push(Bare::new("detector", backend, cfg.input, count, fps, &s));
         if let Some(p) = &board.models.pose {
             let mut cfg = p.clone();
