@@ -8,7 +8,7 @@
 mod common;
 
 use sideline::config::{Backend, Board};
-use sideline::infer::detector::{Detection, Detector};
+use sideline::infer::detector::Detection;
 use sideline::infer::pose::{Pose, PoseEstimator};
 
 const FRAMES: [u64; 5] = [0, 150, 300, 500, 700];
@@ -25,16 +25,7 @@ fn detect(board: &Board, backend: Backend) -> Vec<Vec<Detection>> {
     let mut cfg = board.models.detector.clone();
     cfg.backend = backend;
     let frames = common::clip_frames(&common::media("vtest.y4m"), &FRAMES);
-    let mut det = Detector::new(&cfg, frames[0].width, frames[0].height, &board.inference).unwrap();
-    frames
-        .iter()
-        .map(|f| {
-            let mut out = vec![];
-            det.prepare(f);
-            det.infer(&mut out).unwrap();
-            out
-        })
-        .collect()
+    common::detect_frames(&cfg, &board.inference, &frames)
 }
 
 fn poses(board: &Board, backend: Backend) -> Vec<Vec<Pose>> {

@@ -51,18 +51,7 @@ fn detect(
     }
     cfg.score_threshold = floor;
     cfg.class_thresholds.values_mut().for_each(|t| *t = t.min(floor));
-    let frames = frames();
-    let mut det = Detector::new(&cfg, frames[0].width, frames[0].height, &board.inference)
-        .unwrap_or_else(|e| panic!("{e}"));
-    frames
-        .iter()
-        .map(|f| {
-            let mut out = vec![];
-            det.prepare(f);
-            det.infer(&mut out).unwrap();
-            out
-        })
-        .collect()
+    common::detect_frames(&cfg, &board.inference, &frames())
 }
 
 fn poses(board: &Board, path: Option<&std::path::Path>, backend: Backend, floor: f32) -> Vec<Vec<Pose>> {

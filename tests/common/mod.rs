@@ -124,3 +124,22 @@ pub fn whistle_windows() -> Vec<(f64, f64)> {
         })
         .collect()
 }
+
+/// The detector's findings on each of `frames`, with its own preprocessing and decoding.
+pub fn detect_frames(
+    cfg: &sideline::config::DetectorModel,
+    inference: &sideline::config::Inference,
+    frames: &[Frame],
+) -> Vec<Vec<sideline::infer::detector::Detection>> {
+    let mut det = sideline::infer::detector::Detector::new(cfg, frames[0].width, frames[0].height, inference)
+        .unwrap_or_else(|e| panic!("{e}"));
+    frames
+        .iter()
+        .map(|f| {
+            let mut out = vec![];
+            det.prepare(f);
+            det.infer(&mut out).unwrap();
+            out
+        })
+        .collect()
+}
