@@ -385,3 +385,23 @@ fn hung_model_raises_loop_stalled_and_stops_heartbeat_then_recovers() {
     );
     assert!(!r.seen.iter().any(|s| s.1 == Seen::Alert("camera-blind".into(), AlertState::Raised)));
 }
+
+#[test]
+fn no_heartbeat_before_the_first_frame_is_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let board = board(
+        dir.path(),
+        "blind_after_ms = 300\nstall_after_ms = 300\nheartbeat = \"recording\"\nheartbeat_ms = 50\n",
+    );
+    let latest = Arc::new(AtomicU64::new(0));
+    // The first frame takes 800 ms (a model warming up): nothing is decided meanwhile.
+    let mut m = model(&latest, 2, 2);
+    m.hang = Some((0, Duration::from_millis(800)));
+    let t0 = MonoTime::now();
+    let r = run(&board, camera(60, &latest), m, dir.path());
+    assert_eq!(heartbeats_between(&r.seen, t0, t0.plus(Duration::from_millis(700))), 0, "{:?}", r.seen);
+    assert!(
+        heartbeats_between(&r.seen, t0.plus(Duration::from_millis(800)), MonoTime::now()) >= 3,
+        "never beat"
+    );
+}

@@ -194,7 +194,10 @@ impl Supervisor {
                     let loop_ok = !camera_ok || Health::since(&health.last_decided, now) <= stall_after;
                     blind.update(!camera_ok, frame, now, &out);
                     stalled.update(!loop_ok, frame, now, &out);
+                    let decided = health.decided.load(Ordering::Relaxed);
+                    // Not before the first decision: a loop still warming up has met nothing.
                     let on_time = camera_ok
+                        && decided > 0
                         && Health::since(&health.last_decided, now) <= period.max(stall_after / 4)
                         && health.last_met.load(Ordering::Relaxed);
                     let verdict = HealthNow {
@@ -204,7 +207,7 @@ impl Supervisor {
                         deciding: Health::since(&health.last_decided, now) <= stall_after,
                         faulted_outputs: health.faulted_outputs.load(Ordering::Relaxed),
                         frame,
-                        decided: health.decided.load(Ordering::Relaxed),
+                        decided,
                         level: health.level.load(Ordering::Relaxed),
                     };
                     for w in &mut watches {

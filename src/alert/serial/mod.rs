@@ -290,6 +290,26 @@ impl Drop for SerialOutput {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // What the link did, for the journal: the first thing to read when a receiver says it
+        // heard nothing.
+        let s = self.status();
+        let c = s.counters;
+        tracing::info!(
+            output = %self.name,
+            port = %self.settings.port,
+            "serial link closed: alerts sent {}, resent {}, acknowledged {}, given up {}, dropped {}; \
+             heartbeats {}, acknowledged {}; {} decode errors; health {:?}{}",
+            c.sent,
+            c.resent,
+            c.acked,
+            c.failed,
+            c.dropped,
+            c.heartbeats,
+            c.heartbeat_acks,
+            c.decode_errors,
+            s.health,
+            s.port_error.map(|e| format!("; port: {e}")).unwrap_or_default()
+        );
     }
 }
 
