@@ -277,13 +277,16 @@ fn readiness_and_watchdog_pings_follow_the_loop_health() {
         failure("the status does not say the camera is blind")
     );
 
-    // 4. Frames again: the pings come back.
-    std::thread::sleep(Duration::from_secs(3));
-    let back = pings(&inbox, stall_to, Instant::now());
+    // 4. Frames again: the pings come back once the loop decides again (seconds here; under
+    // emulation on a busy machine one inference can take several).
+    let back = wait_for(Duration::from_secs(30), || pings(&inbox, stall_to, Instant::now()).len() >= 5);
     assert!(
-        back.len() >= 5,
+        back,
         "{}",
-        failure(&format!("{} pings in 3 s after the camera came back", back.len()))
+        failure(&format!(
+            "{} pings in 30 s after the camera came back",
+            pings(&inbox, stall_to, Instant::now()).len()
+        ))
     );
 
     // 5. systemd stops the service: STOPPING=1, and a clean exit.
