@@ -309,7 +309,7 @@ fn readiness_and_watchdog_pings_follow_the_loop_health() {
     eprintln!(
         "{} pings while running, none {STALL_GRACE:?} into a {STALL:?} stall, {} after it; {:.1} s",
         run_pings.len(),
-        back.len(),
+        pings(&inbox, stall_to, Instant::now()).len(),
         started.elapsed().as_secs_f64()
     );
 }
