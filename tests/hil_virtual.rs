@@ -290,8 +290,10 @@ insmod $HIL_LOOPBACK video_nr=10 card_label=footage exclusive_caps=1 || fail "v4
 # The rig profile, pointed at the loopback camera with the clip's size and rate (written in the
 # guest's in-memory layer; the host's file is untouched).
 sed -e 's#/dev/video0#/dev/video10#' -e 's/^width = 640/width = 768/' -e 's/^height = 360/height = 576/'     -e 's/^fps = 25.0/fps = 10.0/' $REPO/board/rig-virtual.toml > $REPO/board/rig-footage.toml
-# From frame 250 on, people walk across the lawn in every frame.
-ffmpeg -nostdin -loglevel error -re -ss 25 -i $REPO/.cache/media/vtest.y4m -f v4l2 -pix_fmt yuyv422 /dev/video10 &
+# From frame 250 on, people walk across the lawn in every frame. 15 s of them, looped, so the
+# camera never runs dry however slowly the emulated CPU decides frames.
+ffmpeg -nostdin -loglevel error -ss 25 -i $REPO/.cache/media/vtest.y4m -frames:v 150 /tmp/people.y4m || fail "cutting the clip failed"
+ffmpeg -nostdin -loglevel error -re -stream_loop -1 -i /tmp/people.y4m -f v4l2 -pix_fmt yuyv422 /dev/video10 &
 feed=$!
 sleep 3
 $BIN run --board $REPO/board/rig-footage.toml --events $OUT/events.jsonl --max-frames 8 > $OUT/sideline.log 2>&1   || fail "sideline run failed"
