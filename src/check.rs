@@ -72,14 +72,17 @@ pub fn check(board: &Board) -> anyhow::Result<String> {
     }
     crate::rules::RuleSet::new(board).context("rules")?;
     report.push(format!(
-        "rules: {} zone incursion, {} player down, {} whistle, {} camera obstructed, {} crowding, {} thunder, {} fusion",
+        "rules: {} zone incursion, {} player down, {} whistle, {} camera obstructed, {} crowding, {} thunder, {} fusion, {} collision, {} voice, {} keyword",
         board.rules.zone_incursion.len(),
         board.rules.player_down.len(),
         board.rules.whistle.len(),
         board.rules.camera_obstructed.len(),
         board.rules.crowding.len(),
         board.rules.thunder.len(),
-        board.rules.fusion.len()
+        board.rules.fusion.len(),
+        board.rules.collision.len(),
+        board.rules.voice.len(),
+        board.rules.keyword.len()
     ));
     for o in &board.outputs {
         let note = match o.kind {

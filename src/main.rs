@@ -115,6 +115,19 @@ enum Command {
         #[arg(long)]
         sounds: Option<PathBuf>,
     },
+    /// Transcribe a WAV file of speech with the on-device model (Moonshine tiny-en); prints the
+    /// text, then the audio length, compute time and real-time factor.
+    Transcribe {
+        /// Speech, any rate and channel count (mixed to mono, resampled to 16 kHz); 30 s at most.
+        #[arg(long)]
+        wav: PathBuf,
+        /// The model's directory (made by scripts/setup).
+        #[arg(long, default_value = sideline::audio::stt::DEFAULT_DIR)]
+        models: PathBuf,
+        /// onnxruntime library, if `ORT_DYLIB_PATH` is not set.
+        #[arg(long)]
+        ort_library: Option<PathBuf>,
+    },
     /// The hash-chained alert audit log.
     Audit {
         #[command(subcommand)]
@@ -296,6 +309,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Update { command } => sideline::update::cli::run(command),
         Command::Status { board, addr } => status(&board, addr),
         Command::Audit { command: AuditCommand::Verify { file, board } } => audit_verify(file, board),
+        Command::Transcribe { wav, models, ort_library } => transcribe(&wav, &models, ort_library.as_deref()),
         Command::Scenarios { dir, board, sounds } => {
             let report = sideline::scenarios::run(&sideline::scenarios::Options { dir, board, sounds })?;
             print!("{}", report.render());
@@ -391,6 +405,26 @@ fn status(board: &std::path::Path, addr: Option<std::net::SocketAddr>) -> anyhow
             anyhow::bail!("not running, or its metrics endpoint is unreachable at {addr}: {e}")
         }
     }
+}
+
+fn transcribe(
+    wav: &std::path::Path,
+    models: &std::path::Path,
+    ort_library: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use sideline::audio::stt::{SpeechToText, SAMPLE_RATE};
+    let samples = sideline::audio::wav::load_mono(wav, SAMPLE_RATE)?;
+    let mut stt = SpeechToText::open(models, ort_library)?;
+    let t = stt.transcribe(&samples).with_context(|| format!("transcribing {}", wav.display()))?;
+    println!("{}", t.text);
+    println!(
+        "audio {:.2} s, compute {:.0} ms, real-time factor {:.3}, {} tokens",
+        t.audio_s,
+        t.compute.as_secs_f64() * 1e3,
+        t.real_time_factor(),
+        t.tokens
+    );
+    Ok(())
 }
 
 fn audit_verify(file: Option<PathBuf>, board: Option<PathBuf>) -> anyhow::Result<()> {

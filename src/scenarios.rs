@@ -40,6 +40,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::audio::speech::{keyword_rules, Listener};
+use crate::audio::stt::SpeechToText;
 use crate::audio::{wav, AudioChunk, Detector};
 use crate::clock::MonoTime;
 use crate::config::Board;
@@ -329,6 +331,8 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let (rate, chunk_ms) = (audio.sample_rate, audio.chunk_ms);
     let rules = RuleSet::new(&board).context("rules")?;
     let metas = rules.metas();
+    // Keyword rules transcribe the voice segments here, synchronously.
+    let mut stt = crate::pipeline::open_speech(&board)?;
     // Judged: what listens, and what fuses.
     let judged: Vec<usize> = rules
         .audio()
@@ -361,7 +365,8 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         }
         let samples = mix(&sc, &sounds, rate, &mut cache)?;
         audio_s += samples.len() as f64 / rate as f64;
-        let heard = listen(&rules, &samples, rate, chunk_ms, &sc, &index);
+        let heard = listen(&rules, stt.as_mut(), &samples, rate, chunk_ms, &sc, &index)
+            .with_context(|| format!("{}", file.display()))?;
         results.push(judge(name, &sc, heard, &judged, &index));
     }
     let scores = judged
@@ -478,19 +483,28 @@ fn mix(
     Ok(acc.iter().map(|v| (v * 32767.0).round().clamp(-32768.0, 32767.0) as i16).collect())
 }
 
-/// Runs the board's audio rules over the samples in microphone-sized chunks, then fusion over
-/// what they raised and what the scenario injects, in capture order.
+/// Runs the board's audio rules over the samples in microphone-sized chunks (the keyword rules
+/// over their voice rule's segments, transcribed as each ends), then fusion over what they
+/// raised and what the scenario injects, in capture order.
 fn listen(
     rules: &RuleSet,
+    mut stt: Option<&mut SpeechToText>,
     samples: &[i16],
     rate: u32,
     chunk_ms: u32,
     sc: &Scenario,
     index: &dyn Fn(&str) -> Option<usize>,
-) -> Vec<Heard> {
+) -> anyhow::Result<Vec<Heard>> {
     let chunk_len = (rate as usize * chunk_ms as usize / 1000).max(1);
     let mut detectors: Vec<(usize, Detector)> =
-        rules.audio().iter().map(|(i, r)| (*i, Detector::new(r, rate, chunk_len))).collect();
+        rules.audio().iter().filter_map(|(i, r)| Some((*i, Detector::new(r, rate, chunk_len)?))).collect();
+    let mut listener = Listener::new(keyword_rules(rules.audio()));
+    if !listener.keywords.is_empty() && stt.is_none() {
+        bail!("keyword rules without speech-to-text");
+    }
+    type Times = (MonoTime, MonoTime, MonoTime);
+    let mut segments: Vec<(usize, Times, Vec<i16>)> = Vec::new();
+    let mut changes = Vec::new();
     let t0 = MonoTime::from_nanos(1_000_000_000);
     let secs = |at: MonoTime| at.since(t0).as_secs_f32();
     let mut chunk = AudioChunk { samples: Vec::with_capacity(chunk_len), ..Default::default() };
@@ -501,10 +515,33 @@ fn listen(
         chunk.seq = seq as u64;
         chunk.ts = t0.plus(Duration::from_secs_f64((seq * chunk_len) as f64 / rate as f64));
         for (rule, det) in &mut detectors {
-            if let Some((state, at)) = det.push(&chunk) {
+            let listened = listener.keywords.listens_to(*rule);
+            let change = det.push_with(&chunk, |seg| {
+                if listened {
+                    segments.push((*rule, (seg.start, seg.end, seg.audio_start), seg.samples.to_vec()));
+                }
+            });
+            if let Some((state, at)) = change {
                 events.push((at, Alert { rule: *rule, state, track: 0, at: Default::default() }, false));
             }
         }
+        for (voice, times, samples) in segments.drain(..) {
+            let Some(stt) = stt.as_deref_mut() else { break };
+            let end = times.1;
+            listener.keywords.expire(end, &mut changes);
+            let heard = listener.hear(stt, voice, times, &samples, &mut changes).context("speech to text")?;
+            let t = &heard.alone;
+            tracing::info!(at_s = format_args!("{:.2}", secs(end)), text = %t.text, "transcript");
+            if let Some((gap, t)) = &heard.joined {
+                let gap_ms = gap.as_millis() as u64;
+                tracing::info!(at_s = format_args!("{:.2}", secs(end)), gap_ms, text = %t.text, "transcript, joined");
+            }
+        }
+    }
+    // Holds that run out within the scenario clear.
+    listener.keywords.expire(t0.plus(Duration::from_secs_f32(sc.length_s)), &mut changes);
+    for c in changes {
+        events.push((c.at, Alert { rule: c.rule, state: c.state, track: 0, at: Default::default() }, false));
     }
     for j in &sc.injects {
         let Some(rule) = index(&j.rule) else { continue };
@@ -530,7 +567,7 @@ fn listen(
             injected: false,
         }));
     }
-    heard
+    Ok(heard)
 }
 
 fn judge(

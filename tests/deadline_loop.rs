@@ -205,6 +205,7 @@ fn run(board: &Board, camera: Camera, model: SlowModel, dir: &Path) -> Run {
         tracking: board.tracking.clone(),
         rules_inbox: None,
         watches: Vec::new(),
+        speech: None,
     };
     let opts = RunOptions { pace: true, frame_events: true, ..RunOptions::default() };
     let summary = frame_loop::run(parts, &opts, &STOP).unwrap();

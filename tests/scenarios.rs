@@ -1,5 +1,5 @@
 //! The labelled audio scenario set (tests/scenarios/): `sideline scenarios` runs every scenario
-//! through the board's whistle and thunder detectors and the medic fusion, prints what fired
+//! through the board's whistle, thunder and voice detectors and the medic fusion, prints what fired
 //! when and precision and recall per rule, and must pass: every labelled event heard, nothing
 //! heard in the negatives. Also: a miss or a false alarm fails the command, a known miss is
 //! reported as such, and the new rules' parameters are validated like every other field.
@@ -26,11 +26,19 @@ fn every_rule_fires_where_labelled_and_nowhere_else() {
     // The table is the point of the run: shown with --nocapture, and on failure.
     eprintln!("{report}");
     assert!(out.status.success(), "the scenario set failed:\n{report}");
-    for rule in ["whistle", "thunder", "medic"] {
+    for rule in ["whistle", "thunder", "voice", "medic"] {
         let row =
             report.lines().find(|l| l.starts_with(&format!("{rule} "))).unwrap_or_else(|| panic!("{report}"));
         assert!(row.trim_end().ends_with("1.000"), "{rule}: recall below 1 without a failure? {row}");
     }
+    // The keyword rule: never a false alarm, and every miss labelled with what Moonshine heard.
+    let row = report.lines().find(|l| l.starts_with("help ")).unwrap_or_else(|| panic!("{report}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1], "keyword", "{row}");
+    assert_eq!(cols[3], "0", "help: false alarms: {row}");
+    assert_eq!(cols[4], cols[5], "help: every miss must be a labelled known miss: {row}");
+    assert!(cols[2].parse::<u32>().unwrap() >= 3, "help: heard in at least 3 windows: {row}");
+    assert_eq!(cols[6], "1.000", "{row}");
     assert!(report.contains("0 failure(s)"), "{report}");
     assert!(started.elapsed().as_secs() < 30, "the set must stay quick: {:?}", started.elapsed());
 }
@@ -154,6 +162,51 @@ fn thunder_and_fusion_parameters_are_validated_with_their_field_named() {
 }
 
 #[test]
+fn voice_parameters_are_validated_with_their_field_named() {
+    let cases: [(&str, &str, &str, &str); 10] = [
+        ("threshold = 0.7 ", "threshold = 1.0 ", "rules.voice[0].threshold", "outside (0, 1)"),
+        (
+            "min_periodicity = 0.82 ",
+            "min_periodicity = 1.2 ",
+            "rules.voice[0].min_periodicity",
+            "outside [0, 1)",
+        ),
+        (
+            "min_level_dbfs = -40.0",
+            "min_level_dbfs = 3.0",
+            "rules.voice[0].min_level_dbfs",
+            "outside -120..=0",
+        ),
+        ("min_speech_ms = 90 ", "min_speech_ms = 0 ", "rules.voice[0].min_speech_ms", "outside (0, 10000]"),
+        ("hangover_ms = 300 ", "hangover_ms = -5 ", "rules.voice[0].hangover_ms", "outside (0, 10000]"),
+        ("max_segment_s = 10.0 ", "max_segment_s = 0.5 ", "rules.voice[0].max_segment_s", "outside 1..=60"),
+        ("pre_roll_ms = 350 ", "pre_roll_ms = 5000 ", "rules.voice[0].pre_roll_ms", "outside 0..=2000"),
+        ("cooldown_s = 0 ", "cooldown_s = -1 ", "rules.voice[0].cooldown_s", "must be >= 0"),
+        ("join_gap_ms = 800 ", "join_gap_ms = -1 ", "rules.keyword[0].join_gap_ms", "outside 0..=10000"),
+        // earshot hears 16 kHz only: the rate to change is named, with the rule that needs it.
+        (
+            "sample_rate = 16000",
+            "sample_rate = 48000",
+            "audio.sample_rate",
+            "rules.voice (`voice`) needs 16000 Hz",
+        ),
+    ];
+    for (from, to, field, message) in cases {
+        let err = load_edited(|t| {
+            assert_eq!(t.matches(from).count(), 1, "{from:?} in sim-audio.toml");
+            t.replace(from, to)
+        })
+        .expect_err(to);
+        let line =
+            err.lines().find(|l| l.contains(field)).unwrap_or_else(|| panic!("{to}: no {field} in {err}"));
+        assert!(line.contains("edited.toml:") && line.contains(message), "{to}: {line}");
+    }
+    // A mistyped parameter is refused, not defaulted.
+    let err = load_edited(|t| t.replace("pre_roll_ms = 350 ", "pre_rol_ms = 350 ")).expect_err("typo");
+    assert!(err.contains("rules.voice[0]") && err.contains("pre_rol_ms"), "{err}");
+}
+
+#[test]
 fn sim_audio_profile_checks_clean() {
     common::ort_env();
     let board = common::repo().join("board/sim-audio.toml");
@@ -165,4 +218,5 @@ fn sim_audio_profile_checks_clean() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("1 thunder, 1 fusion"), "{}", text(&out));
+    assert!(text(&out).contains(", 1 voice, 1 keyword"), "{}", text(&out));
 }

@@ -6,7 +6,11 @@
 //! real one ([`alsa::AlsaMic`]) captures from the sound card.
 
 pub mod alsa;
+pub mod keyword;
+pub mod speech;
+pub mod stt;
 pub mod thunder;
+pub mod vad;
 pub mod wav;
 pub mod whistle;
 
@@ -62,20 +66,34 @@ pub trait AudioSource: Send {
 pub enum Detector {
     Whistle(whistle::WhistleDetector),
     Thunder(thunder::ThunderDetector),
+    Voice(vad::VoiceDetector),
 }
 
 impl Detector {
     /// `chunk_len` samples per chunk at `rate` Hz; buffers are made here, none per chunk.
-    pub fn new(rule: &AudioRule, rate: u32, chunk_len: usize) -> Self {
-        match rule {
+    /// `None` for a keyword rule: it hears a voice rule's segments, not chunks ([`speech`]).
+    pub fn new(rule: &AudioRule, rate: u32, chunk_len: usize) -> Option<Self> {
+        Some(match rule {
             AudioRule::Whistle(w) => Self::Whistle(whistle::WhistleDetector::new(w, rate, chunk_len)),
             AudioRule::Thunder(t) => Self::Thunder(thunder::ThunderDetector::new(t, rate, chunk_len)),
-        }
+            AudioRule::Voice(v) => Self::Voice(vad::VoiceDetector::new(v, rate)),
+            AudioRule::Keyword(_) => return None,
+        })
     }
 
     /// Feeds one chunk; returns a raise or clear, stamped with the capture time of the chunk
     /// that decided it.
     pub fn push(&mut self, chunk: &AudioChunk) -> Option<(AlertState, MonoTime)> {
+        self.push_with(chunk, |_| {})
+    }
+
+    /// As [`push`](Self::push), handing each finished voice segment to `on_segment` (only a
+    /// voice detector makes them).
+    pub fn push_with(
+        &mut self,
+        chunk: &AudioChunk,
+        on_segment: impl FnMut(&vad::VoiceSegment<'_>),
+    ) -> Option<(AlertState, MonoTime)> {
         match self {
             Self::Whistle(d) => match d.push(chunk)? {
                 whistle::WhistleEvent::Started { at, .. } => Some((AlertState::Raised, at)),
@@ -85,6 +103,20 @@ impl Detector {
                 thunder::ThunderEvent::Started { at, .. } => Some((AlertState::Raised, at)),
                 thunder::ThunderEvent::Ended { at } => Some((AlertState::Cleared, at)),
             },
+            // The segments are for speech-to-text (the keyword rules, `speech`); the voice
+            // alert needs only their starts and ends.
+            Self::Voice(d) => match d.push(chunk, on_segment)? {
+                vad::VoiceEvent::Started { at } => Some((AlertState::Raised, at)),
+                vad::VoiceEvent::Ended { at } => Some((AlertState::Cleared, at)),
+            },
+        }
+    }
+
+    /// Longest segment this detector hands over, samples (0: it makes none).
+    pub fn segment_capacity(&self) -> usize {
+        match self {
+            Self::Voice(d) => d.segment_capacity(),
+            _ => 0,
         }
     }
 
@@ -93,6 +125,7 @@ impl Detector {
         match self {
             Self::Whistle(d) => d.active(),
             Self::Thunder(d) => d.active(),
+            Self::Voice(d) => d.active(),
         }
     }
 }

@@ -106,6 +106,9 @@ impl Board {
         if let Some(pose) = &mut self.models.pose {
             fix(&mut pose.path);
         }
+        if let Some(speech) = &mut self.models.speech {
+            fix(&mut speech.path);
+        }
         fix(&mut self.storage.path);
         if let Some(log) = self.telemetry.as_mut().and_then(|t| t.audit_log.as_mut()) {
             fix(log);

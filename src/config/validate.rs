@@ -263,6 +263,17 @@ fn check_models(b: &Board, f: &mut Findings) {
             ));
         }
     }
+    if let Some(s) = &b.models.speech {
+        let stt = crate::audio::stt::MODEL_FILES;
+        if !s.path.is_dir() {
+            f.push(("models.speech.path".into(), format!("no such directory: {}", s.path.display())));
+        } else if let Some(missing) = stt.iter().find(|n| !s.path.join(n).is_file()) {
+            f.push((
+                "models.speech.path".into(),
+                format!("{} lacks {missing} (scripts/setup makes the model)", s.path.display()),
+            ));
+        }
+    }
     if let Some(p) = &b.models.pose {
         check_model_file(&p.path, "models.pose.path".into(), f);
         if p.input.iter().any(|&v| v == 0 || v % 32 != 0) {
@@ -441,6 +452,16 @@ fn check_rules(b: &Board, outputs: &HashSet<&str>, f: &mut Findings) {
         check_rule_common(&at, &t.name, &t.outputs, t.cooldown_s, outputs, &mut names, f);
         check_thunder(b, t, &at, f);
     }
+    for (i, v) in b.rules.voice.iter().enumerate() {
+        let at = |field: &str| format!("rules.voice[{i}].{field}");
+        check_rule_common(&at, &v.name, &v.outputs, v.cooldown_s, outputs, &mut names, f);
+        check_voice(b, v, &at, f);
+    }
+    for (i, k) in b.rules.keyword.iter().enumerate() {
+        let at = |field: &str| format!("rules.keyword[{i}].{field}");
+        check_rule_common(&at, &k.name, &k.outputs, 0.0, outputs, &mut names, f);
+        check_keyword(b, k, &at, f);
+    }
     for (i, r) in b.rules.player_down.iter().enumerate() {
         let at = |field: &str| format!("rules.player_down[{i}].{field}");
         check_rule_common(&at, &r.name, &r.outputs, r.cooldown_s, outputs, &mut names, f);
@@ -457,6 +478,17 @@ fn check_rules(b: &Board, outputs: &HashSet<&str>, f: &mut Findings) {
             if !(v > 0.0 && v.is_finite()) {
                 f.push((at(field), format!("{v} must be > 0")));
             }
+        }
+    }
+    for (i, c) in b.rules.collision.iter().enumerate() {
+        let at = |field: &str| format!("rules.collision[{i}].{field}");
+        check_rule_common(&at, &c.name, &c.outputs, c.cooldown_s, outputs, &mut names, f);
+        if !b.models.detector.classes.iter().any(|c| c == "person") {
+            f.push((at("name"), "a collision rule needs `person` in models.detector.classes".into()));
+        }
+        let fps = b.cameras.first().map(|c| c.fps);
+        for (field, problem) in crate::rules::collision::problems(c, fps) {
+            f.push((at(field), problem));
         }
     }
     // Last: a fusion rule names rules of any other kind.
@@ -517,6 +549,70 @@ fn check_thunder(b: &Board, t: &Thunder, at: &dyn Fn(&str) -> String, f: &mut Fi
         if !(v > 0.0 && v.is_finite()) {
             f.push((at(field), format!("{v} must be > 0")));
         }
+    }
+}
+
+fn check_voice(b: &Board, v: &Voice, at: &dyn Fn(&str) -> String, f: &mut Findings) {
+    match &b.audio {
+        None => f.push((at("name"), "a voice rule needs a microphone ([audio])".into())),
+        Some(a) if a.sample_rate != crate::audio::vad::RATE => f.push((
+            "audio.sample_rate".into(),
+            format!(
+                "{} Hz, but rules.voice (`{}`) needs {} Hz: earshot's voice model hears nothing else",
+                a.sample_rate,
+                v.name,
+                crate::audio::vad::RATE
+            ),
+        )),
+        Some(_) => {}
+    }
+    if !(v.threshold > 0.0 && v.threshold < 1.0) {
+        f.push((at("threshold"), format!("{} is outside (0, 1)", v.threshold)));
+    }
+    if !(v.min_periodicity >= 0.0 && v.min_periodicity < 1.0) {
+        f.push((at("min_periodicity"), format!("{} is outside [0, 1)", v.min_periodicity)));
+    }
+    if !(v.min_level_dbfs >= -120.0 && v.min_level_dbfs <= 0.0) {
+        f.push((at("min_level_dbfs"), format!("{} dBFS is outside -120..=0", v.min_level_dbfs)));
+    }
+    for (field, ms) in [("min_speech_ms", v.min_speech_ms), ("hangover_ms", v.hangover_ms)] {
+        if !(ms > 0.0 && ms <= 10_000.0) {
+            f.push((at(field), format!("{ms} ms is outside (0, 10000]")));
+        }
+    }
+    if !(v.max_segment_s >= 1.0 && v.max_segment_s <= 60.0) {
+        f.push((at("max_segment_s"), format!("{} s is outside 1..=60", v.max_segment_s)));
+    } else if v.min_speech_ms > 0.0 && v.max_segment_s * 1000.0 <= v.min_speech_ms {
+        f.push((
+            at("max_segment_s"),
+            format!("{} s is not longer than min_speech_ms ({} ms)", v.max_segment_s, v.min_speech_ms),
+        ));
+    }
+    if !(v.pre_roll_ms >= 0.0 && v.pre_roll_ms <= 2000.0) {
+        f.push((at("pre_roll_ms"), format!("{} ms is outside 0..=2000", v.pre_roll_ms)));
+    }
+}
+
+fn check_keyword(b: &Board, k: &Keyword, at: &dyn Fn(&str) -> String, f: &mut Findings) {
+    if k.words.is_empty() {
+        f.push((at("words"), "list at least one word or phrase".into()));
+    }
+    for (j, w) in k.words.iter().enumerate() {
+        if !crate::audio::keyword::is_matchable(w) {
+            f.push((at(&format!("words[{j}]")), format!("`{w}` has no letters or digits to match")));
+        }
+    }
+    if !b.rules.voice.iter().any(|v| v.name == k.voice) {
+        f.push((at("voice"), format!("no voice rule named `{}` in [[rules.voice]]", k.voice)));
+    }
+    if b.models.speech.is_none() {
+        f.push((at("name"), "a keyword rule needs a speech-to-text model ([models.speech])".into()));
+    }
+    if !(k.hold_s > 0.0 && k.hold_s <= 3600.0) {
+        f.push((at("hold_s"), format!("{} s is outside (0, 3600]", k.hold_s)));
+    }
+    if !(k.join_gap_ms >= 0.0 && k.join_gap_ms <= 10_000.0) {
+        f.push((at("join_gap_ms"), format!("{} ms is outside 0..=10000", k.join_gap_ms)));
     }
 }
 

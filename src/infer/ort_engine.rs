@@ -33,7 +33,7 @@ pub fn library_path(settings: &Inference) -> Option<PathBuf> {
 
 /// The process-wide environment: one library, one shared thread pool for all sessions (two
 /// sessions with pools of their own fight over two cores and lose 40% throughput).
-fn environment(settings: &Inference) -> Result<&'static Environment, InferError> {
+pub(crate) fn environment(settings: &Inference) -> Result<&'static Environment, InferError> {
     ENV.get_or_init(|| {
         let lib = library_path(settings).ok_or_else(|| {
             "not configured: set ORT_DYLIB_PATH or inference.ort_library (scripts/setup fetches it)"

@@ -31,7 +31,7 @@ use super::realtime;
 use super::supervisor::{Health, HealthWatch, Supervisor};
 use super::RunOptions;
 use crate::alert::AlertOutput;
-use crate::audio::Detector;
+use crate::audio::{speech, Detector};
 use crate::audio::{AudioChunk, AudioSource};
 use crate::capture::slot::{FrameSlot, Put, SlotMode};
 use crate::capture::{Frame, FrameSource};
@@ -70,6 +70,8 @@ pub struct Parts {
     pub rules_inbox: Option<Arc<Mailbox<RulesUpdate>>>,
     /// Followers of the loop's health (watchdog, update gate), run on the supervisor thread.
     pub watches: Vec<Box<dyn HealthWatch>>,
+    /// Speech-to-text for the keyword rules, opened at start-up (`None` without them).
+    pub speech: Option<crate::audio::stt::SpeechToText>,
 }
 
 /// Frame buffers in circulation: one being filled, the slot's, one in the loop.
@@ -93,6 +95,7 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
         tracking,
         rules_inbox,
         watches,
+        speech,
     } = parts;
     let info = camera.info();
     let budget = ladder.budget();
@@ -129,7 +132,7 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     let audio_thread = microphone
         .map(|m| {
             let audio = (0, rules.audio().to_vec());
-            spawn_microphone(m, audio, audio_inbox.clone(), out.clone(), stop, audio_done.clone())
+            spawn_microphone(m, audio, speech, audio_inbox.clone(), out.clone(), stop, audio_done.clone())
         })
         .transpose()?;
     if let Some(rt) = &cfg.realtime {
@@ -502,6 +505,7 @@ type AudioRules = (u32, Vec<(usize, crate::rules::AudioRule)>);
 fn spawn_microphone(
     mut mic: Box<dyn AudioSource>,
     audio: AudioRules,
+    speech: Option<crate::audio::stt::SpeechToText>,
     inbox: Arc<Mailbox<AudioRules>>,
     out: OutputTx,
     stop: &'static AtomicBool,
@@ -510,20 +514,52 @@ fn spawn_microphone(
     let rate = mic.sample_rate();
     let chunk_len = mic.chunk_len();
     let build = move |rules: &[(usize, crate::rules::AudioRule)]| -> Vec<(usize, Detector)> {
-        rules.iter().map(|(i, r)| (*i, Detector::new(r, rate, chunk_len))).collect()
+        rules.iter().filter_map(|(i, r)| Some((*i, Detector::new(r, rate, chunk_len)?))).collect()
     };
     let (mut rules_gen, mut detectors) = (audio.0, build(&audio.1));
+    // Keyword rules: the voice segments they hear go to the speech thread.
+    let keywords = speech::keyword_rules(&audio.1);
+    let capacity = |detectors: &[(usize, Detector)], listened: &[usize]| {
+        detectors.iter().filter(|(i, _)| listened.contains(i)).map(|(_, d)| d.segment_capacity()).max()
+    };
+    let mut listened: Vec<usize> = keywords.iter().map(|k| k.voice).collect();
+    let speech = match speech {
+        Some(stt) => {
+            let queue = Arc::new(speech::SegmentQueue::new(
+                speech::QUEUE_DEPTH,
+                capacity(&detectors, &listened).unwrap_or(0),
+            ));
+            let tx = out.clone();
+            let emit = move |e: speech::Emit| {
+                let alert =
+                    Alert { rule: e.change.rule, state: e.change.state, track: 0, at: Default::default() };
+                let (frame, capture, arrived, decided) = (e.seq, e.change.at, e.arrived, e.decided);
+                let msg =
+                    AlertMsg { alert, frame, capture, arrived, decided, rules: e.generation, same_as: None };
+                tx.send(OutputMsg::Alert(msg));
+            };
+            let flag = done.clone();
+            let running = move || !stop.load(Ordering::Relaxed) && !flag.load(Ordering::Relaxed);
+            let thread = speech::spawn(stt, queue.clone(), rules_gen, keywords, emit, running)
+                .context("starting the speech thread")?;
+            Some((queue, thread))
+        }
+        None if !keywords.is_empty() => bail!("keyword rules need speech-to-text, and none was opened"),
+        None => None,
+    };
     let handle = std::thread::Builder::new().name("microphone".into()).spawn(move || {
         let mut chunk = AudioChunk { samples: Vec::with_capacity(chunk_len), ..Default::default() };
         let mut s = AudioSummary { peak_dbfs: f32::NEG_INFINITY, ..Default::default() };
         let mut samples = 0u64;
+        let mut warned_drop = false;
         while !stop.load(Ordering::Relaxed) && !done.load(Ordering::Relaxed) {
             if !mic.next_chunk(&mut chunk)? {
                 break;
             }
             let arrived = MonoTime::now();
             if let Some((generation, rules)) = inbox.take() {
-                // What the old rules hold raised is cleared first, under the old rules.
+                // What the old rules hold raised is cleared first, under the old rules (the speech
+                // thread clears its keyword alerts when it takes the new ones).
                 for (rule, _) in detectors.iter().filter(|(_, d)| d.active()) {
                     let alert =
                         Alert { rule: *rule, state: AlertState::Cleared, track: 0, at: Default::default() };
@@ -534,12 +570,33 @@ fn spawn_microphone(
                 }
                 rules_gen = generation;
                 detectors = build(&rules);
+                let keywords = speech::keyword_rules(&rules);
+                listened = keywords.iter().map(|k| k.voice).collect();
+                match &speech {
+                    Some((queue, _)) => {
+                        let cap = capacity(&detectors, &listened).unwrap_or(0);
+                        queue.post_rules(generation, keywords, cap);
+                    }
+                    None if !keywords.is_empty() => {
+                        tracing::warn!("the new rules have keyword rules, but no speech-to-text model was opened at start: they stay silent");
+                    }
+                    None => {}
+                }
             }
             s.chunks += 1;
             samples += chunk.samples.len() as u64;
             s.peak_dbfs = s.peak_dbfs.max(chunk.level_dbfs());
             for (rule, det) in &mut detectors {
-                let Some((state, at)) = det.push(&chunk) else { continue };
+                let queue = speech.as_ref().filter(|_| listened.contains(rule)).map(|(q, _)| q);
+                let (voice, seq, generation) = (*rule, chunk.seq, rules_gen);
+                let change = det.push_with(&chunk, |seg| {
+                    let Some(queue) = queue else { return };
+                    if queue.offer(voice, generation, seq, arrived, seg) && !warned_drop {
+                        warned_drop = true;
+                        tracing::warn!("speech thread busy: a waiting voice segment was dropped (counted in the summary; logged once)");
+                    }
+                });
+                let Some((state, at)) = change else { continue };
                 let alert = Alert { rule: *rule, state, track: 0, at: Default::default() };
                 let decided = MonoTime::now();
                 let (rules, same_as) = (rules_gen, None);
@@ -548,6 +605,17 @@ fn spawn_microphone(
             }
         }
         s.seconds = samples as f64 / mic.sample_rate() as f64;
+        if let Some((queue, thread)) = speech {
+            queue.close();
+            let summary = thread.join().map_err(|_| anyhow::anyhow!("speech thread panicked"))?;
+            tracing::info!(
+                segments = summary.segments,
+                failed = summary.failed,
+                dropped = summary.dropped,
+                max_compute_ms = summary.max_compute.as_millis() as u64,
+                "speech thread done"
+            );
+        }
         Ok(s)
     })?;
     Ok(handle)

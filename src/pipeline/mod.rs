@@ -92,6 +92,22 @@ pub fn open_microphone(board: &Board, pace: bool) -> anyhow::Result<Option<Box<d
     }
 }
 
+/// Speech-to-text for the profile's keyword rules (`None` without them). A missing model, or a
+/// build without onnxruntime, is a start-up error naming the path.
+pub fn open_speech(board: &Board) -> anyhow::Result<Option<crate::audio::stt::SpeechToText>> {
+    if board.rules.keyword.is_empty() {
+        return Ok(None);
+    }
+    let Some(model) = &board.models.speech else {
+        anyhow::bail!("rules.keyword needs [models.speech] (the Moonshine tiny-en directory)");
+    };
+    let stt =
+        crate::audio::stt::SpeechToText::open_with(&model.path, &board.inference).with_context(|| {
+            format!("opening the speech-to-text model {} for rules.keyword", model.path.display())
+        })?;
+    Ok(Some(stt))
+}
+
 /// The per-frame deadline: the profile's budget, else one frame interval of the camera.
 pub fn frame_budget(board: &Board, fps: f64) -> Duration {
     match board.frame_loop.budget_ms {
@@ -120,6 +136,7 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
     let heartbeat =
         board.frame_loop.heartbeat.as_ref().and_then(|h| board.outputs.iter().position(|o| &o.name == h));
     let microphone = open_microphone(board, opts.pace)?;
+    let speech = open_speech(board)?;
     let mut watches: Vec<Box<dyn supervisor::HealthWatch>> = Vec::new();
     if let Some(systemd) = notify::SystemdWatch::from_env().context("systemd notification settings")? {
         watches.push(Box::new(systemd));
@@ -151,6 +168,7 @@ pub fn run(board: &Board, opts: &RunOptions, stop: &'static AtomicBool) -> anyho
             tracking: board.tracking.clone(),
             rules_inbox: uplink.as_ref().map(|u| u.rules.clone()),
             watches,
+            speech,
         },
         opts,
         stop,

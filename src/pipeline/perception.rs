@@ -53,7 +53,9 @@ impl Models {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pose_inputs = ladder.pose_inputs();
-        let needs_pose = !board.rules.player_down.is_empty();
+        // A collision rule that waits for a fall judges it by pose where pose is loaded.
+        let needs_pose =
+            !board.rules.player_down.is_empty() || board.rules.collision.iter().any(|c| c.require_down);
         let pose = match &board.models.pose {
             Some(cfg) if needs_pose => pose_inputs
                 .iter()

@@ -3,6 +3,7 @@
 //! Rules see one [`Scene`] per frame, keep their own per-track state, and push [`Alert`]s.
 //! They never allocate per frame in steady state and never block: output is the caller's job.
 
+pub mod collision;
 pub mod crowding;
 pub mod fusion;
 pub mod obstructed;
@@ -67,6 +68,12 @@ pub enum RuleKind {
     Thunder,
     /// Alerts of other rules meeting (a whistle and a player down: a medic alert).
     Fusion,
+    /// Two people running into each other, then one of them down.
+    Collision,
+    /// Someone speaking near the microphone.
+    Voice,
+    /// A spoken keyword ("help") in a voice segment's transcript.
+    Keyword,
 }
 
 /// An audio rule's configuration, for the microphone thread.
@@ -74,6 +81,9 @@ pub enum RuleKind {
 pub enum AudioRule {
     Whistle(crate::config::Whistle),
     Thunder(crate::config::Thunder),
+    Voice(crate::config::Voice),
+    /// Transcribed on the speech thread (src/audio/speech.rs), fed by a voice rule's segments.
+    Keyword(crate::config::Keyword),
 }
 
 /// Index of the built-in `output-fault` rule in every rule set.
@@ -120,6 +130,7 @@ pub struct RuleSet {
     downs: Vec<player_down::PlayerDownRule>,
     obstructed: Vec<obstructed::ObstructedRule>,
     crowds: Vec<crowding::CrowdingRule>,
+    collisions: Vec<collision::CollisionRule>,
 }
 
 impl RuleSet {
@@ -194,6 +205,16 @@ impl RuleSet {
                 outputs: routed(&c.outputs, c.severity),
             });
         }
+        let mut collisions = Vec::new();
+        for c in &board.rules.collision {
+            collisions.push(collision::CollisionRule::new(meta.len(), c, kp_threshold));
+            meta.push(RuleMeta {
+                name: c.name.clone(),
+                kind: RuleKind::Collision,
+                severity: c.severity,
+                outputs: routed(&c.outputs, c.severity),
+            });
+        }
         let mut obstructed = Vec::new();
         for c in &board.rules.camera_obstructed {
             obstructed.push(obstructed::ObstructedRule::new(meta.len(), c));
@@ -223,6 +244,24 @@ impl RuleSet {
                 outputs: routed(&t.outputs, t.severity),
             });
         }
+        for v in &board.rules.voice {
+            audio.push((meta.len(), AudioRule::Voice(v.clone())));
+            meta.push(RuleMeta {
+                name: v.name.clone(),
+                kind: RuleKind::Voice,
+                severity: v.severity,
+                outputs: routed(&v.outputs, v.severity),
+            });
+        }
+        for k in &board.rules.keyword {
+            audio.push((meta.len(), AudioRule::Keyword(k.clone())));
+            meta.push(RuleMeta {
+                name: k.name.clone(),
+                kind: RuleKind::Keyword,
+                severity: k.severity,
+                outputs: routed(&k.outputs, k.severity),
+            });
+        }
         // Last: fusion rules name the rules above.
         let inputs = meta.len();
         let mut fusion = Vec::new();
@@ -245,6 +284,7 @@ impl RuleSet {
             downs,
             obstructed,
             crowds,
+            collisions,
             audio,
             fusion: fusion.into(),
         })
@@ -290,6 +330,9 @@ impl RuleSet {
         for c in &mut self.crowds {
             c.clear_all(alerts);
         }
+        for c in &mut self.collisions {
+            c.clear_all(alerts);
+        }
     }
 
     /// Evaluates every rule on one frame, appending alerts.
@@ -298,6 +341,9 @@ impl RuleSet {
             z.evaluate(scene, alerts);
         }
         for c in &mut self.crowds {
+            c.evaluate(scene, alerts);
+        }
+        for c in &mut self.collisions {
             c.evaluate(scene, alerts);
         }
         if let Some(poses) = scene.poses {
@@ -380,6 +426,11 @@ impl<S: Default> TrackStates<S> {
         };
         self.items[i].1 = ts;
         &mut self.items[i].2
+    }
+
+    /// State of `track` if it is kept, without marking it seen.
+    pub fn peek(&self, track: u32) -> Option<&S> {
+        self.items.iter().find(|(t, _, _)| *t == track).map(|(_, _, s)| s)
     }
 
     /// Clears every track whose `active` flag is set, appending a `Cleared` alert of `rule` for

@@ -110,6 +110,9 @@ pub fn kind_code(k: RuleKind) -> u8 {
         RuleKind::Crowding => 8,
         RuleKind::Thunder => 9,
         RuleKind::Fusion => 10,
+        RuleKind::Collision => 11,
+        RuleKind::Voice => 12,
+        RuleKind::Keyword => 13,
     }
 }
 
@@ -126,6 +129,9 @@ pub fn kind_from_code(c: u8) -> Option<RuleKind> {
         8 => RuleKind::Crowding,
         9 => RuleKind::Thunder,
         10 => RuleKind::Fusion,
+        11 => RuleKind::Collision,
+        12 => RuleKind::Voice,
+        13 => RuleKind::Keyword,
         _ => return None,
     })
 }
