@@ -30,25 +30,11 @@ fn a_spoken_call_for_help_raises_the_keyword_alert_then_clears_it() {
     // 1 s of silence, the sentence, 9 s of silence (the 5 s hold runs out inside the run).
     let speech = sideline::audio::wav::load_mono(&common::media("sounds/speech-medic.wav"), 16_000).unwrap();
     let wav = tmp.path().join("mic.wav");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
     let speech_from = 1.0;
     let speech_to = speech_from + speech.len() as f64 / 16_000.0;
-    for _ in 0..16_000 {
-        w.write_sample(0i16).unwrap();
-    }
-    for v in &speech {
-        w.write_sample((v * 32767.0).round().clamp(-32768.0, 32767.0) as i16).unwrap();
-    }
-    for _ in 0..16_000 * 9 {
-        w.write_sample(0i16).unwrap();
-    }
-    w.finalize().unwrap();
+    let silence = |s: usize| std::iter::repeat_n(0i16, s);
+    let samples = silence(16_000).chain(speech.iter().map(|&v| common::pcm16(v))).chain(silence(16_000 * 9));
+    common::write_wav(&wav, 16_000, 1, samples);
 
     let text = std::fs::read_to_string(repo.join("board/sim-audio.toml")).unwrap();
     let text = text

@@ -118,6 +118,21 @@ fn load_edited(edit: impl FnOnce(String) -> String) -> Result<sideline::config::
     sideline::config::Board::from_toml(&text, &repo.join("board/edited.toml")).map_err(|e| e.to_string())
 }
 
+/// Each `(from, to, field, message)`: sim-audio.toml with `from` (found exactly once) replaced by
+/// `to` is refused, on a line naming the edited file, `field` and `message`.
+fn assert_each_edit_is_refused(cases: &[(&str, &str, &str, &str)]) {
+    for &(from, to, field, message) in cases {
+        let err = load_edited(|t| {
+            assert_eq!(t.matches(from).count(), 1, "{from:?} in sim-audio.toml");
+            t.replace(from, to)
+        })
+        .expect_err(to);
+        let line =
+            err.lines().find(|l| l.contains(field)).unwrap_or_else(|| panic!("{to}: no {field} in {err}"));
+        assert!(line.contains("edited.toml:") && line.contains(message), "{to}: {line}");
+    }
+}
+
 #[test]
 fn thunder_and_fusion_parameters_are_validated_with_their_field_named() {
     load_edited(|t| t).expect("sim-audio.toml is valid");
@@ -141,16 +156,7 @@ fn thunder_and_fusion_parameters_are_validated_with_their_field_named() {
         ),
         ("within_s = 5.0", "within_s = 0.0", "rules.fusion[0].within_s", "outside (0, 3600]"),
     ];
-    for (from, to, field, message) in cases {
-        let err = load_edited(|t| {
-            assert_eq!(t.matches(from).count(), 1, "{from:?} in sim-audio.toml");
-            t.replace(from, to)
-        })
-        .expect_err(to);
-        let line =
-            err.lines().find(|l| l.contains(field)).unwrap_or_else(|| panic!("{to}: no {field} in {err}"));
-        assert!(line.contains("edited.toml:") && line.contains(message), "{to}: {line}");
-    }
+    assert_each_edit_is_refused(&cases);
     let err = load_edited(|t| t.replace("all_of = [\"player-down\", \"whistle\"]", "all_of = [\"whistle\"]"))
         .expect_err("one rule");
     assert!(err.contains("rules.fusion[0].all_of: name at least two rules"), "{err}");
@@ -191,16 +197,7 @@ fn voice_parameters_are_validated_with_their_field_named() {
             "rules.voice (`voice`) needs 16000 Hz",
         ),
     ];
-    for (from, to, field, message) in cases {
-        let err = load_edited(|t| {
-            assert_eq!(t.matches(from).count(), 1, "{from:?} in sim-audio.toml");
-            t.replace(from, to)
-        })
-        .expect_err(to);
-        let line =
-            err.lines().find(|l| l.contains(field)).unwrap_or_else(|| panic!("{to}: no {field} in {err}"));
-        assert!(line.contains("edited.toml:") && line.contains(message), "{to}: {line}");
-    }
+    assert_each_edit_is_refused(&cases);
     // A mistyped parameter is refused, not defaulted.
     let err = load_edited(|t| t.replace("pre_roll_ms = 350 ", "pre_rol_ms = 350 ")).expect_err("typo");
     assert!(err.contains("rules.voice[0]") && err.contains("pre_rol_ms"), "{err}");

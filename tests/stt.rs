@@ -280,19 +280,7 @@ fn cli_transcribes_a_wav_at_another_rate() {
     let x = sideline::audio::wav::load_mono(&common::media("speech/beckett.wav"), 44_100).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let wav = tmp.path().join("beckett-44k1-stereo.wav");
-    let spec = hound::WavSpec {
-        channels: 2,
-        sample_rate: 44_100,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
-    for s in x {
-        let v = (s * 32767.0).round() as i16;
-        w.write_sample(v).unwrap();
-        w.write_sample(v).unwrap();
-    }
-    w.finalize().unwrap();
+    common::write_wav(&wav, 44_100, 2, x.iter().flat_map(|&s| [common::pcm16(s); 2]));
     let run = |wav: &Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_sideline"))
             .arg("transcribe")

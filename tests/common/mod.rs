@@ -28,6 +28,26 @@ pub fn ort_env() {
     }
 }
 
+/// Writes a 16-bit PCM WAV: `samples` interleaved, `channels` to a frame.
+pub fn write_wav(path: &Path, rate: u32, channels: u16, samples: impl IntoIterator<Item = i16>) {
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for s in samples {
+        w.write_sample(s).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+/// A -1..1 sample as 16-bit PCM.
+pub fn pcm16(v: f32) -> i16 {
+    (v * 32767.0).round().clamp(-32768.0, 32767.0) as i16
+}
+
 pub fn load_board(path: &Path) -> sideline::config::Board {
     sideline::config::Board::load(path).unwrap_or_else(|e| panic!("{e}"))
 }
