@@ -309,6 +309,10 @@ fn slow_model_degrades_newest_frame_first_and_recovers() {
     assert!(r.seen.iter().any(|s| s.1 == Seen::Alert("zone".into(), AlertState::Raised)));
 }
 
+/// The `[loop]` of the health tests: quick blind and stall alarms, a fast heartbeat.
+const HEALTH_LOOP: &str =
+    "blind_after_ms = 300\nstall_after_ms = 300\nheartbeat = \"recording\"\nheartbeat_ms = 50\n";
+
 fn heartbeats_between(seen: &[(MonoTime, Seen)], from: MonoTime, to: MonoTime) -> usize {
     seen.iter().filter(|(t, s)| *t >= from && *t <= to && matches!(s, Seen::Heartbeat(true))).count()
 }
@@ -320,10 +324,7 @@ fn first(seen: &[(MonoTime, Seen)], want: &Seen, after: MonoTime) -> Option<Mono
 #[test]
 fn camera_stall_raises_blind_alarm_and_stops_heartbeat_then_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let board = board(
-        dir.path(),
-        "blind_after_ms = 300\nstall_after_ms = 300\nheartbeat = \"recording\"\nheartbeat_ms = 50\n",
-    );
+    let board = board(dir.path(), HEALTH_LOOP);
     let latest = Arc::new(AtomicU64::new(0));
     let mut cam = camera(120, &latest);
     cam.stall_at = Some((45, Duration::from_millis(1500)));
@@ -358,10 +359,7 @@ fn camera_stall_raises_blind_alarm_and_stops_heartbeat_then_recovers() {
 #[test]
 fn hung_model_raises_loop_stalled_and_stops_heartbeat_then_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let board = board(
-        dir.path(),
-        "blind_after_ms = 300\nstall_after_ms = 300\nheartbeat = \"recording\"\nheartbeat_ms = 50\n",
-    );
+    let board = board(dir.path(), HEALTH_LOOP);
     let latest = Arc::new(AtomicU64::new(0));
     let mut m = model(&latest, 2, 2);
     m.hang = Some((40, Duration::from_millis(1500)));
@@ -390,10 +388,7 @@ fn hung_model_raises_loop_stalled_and_stops_heartbeat_then_recovers() {
 #[test]
 fn no_heartbeat_before_the_first_frame_is_decided() {
     let dir = tempfile::tempdir().unwrap();
-    let board = board(
-        dir.path(),
-        "blind_after_ms = 300\nstall_after_ms = 300\nheartbeat = \"recording\"\nheartbeat_ms = 50\n",
-    );
+    let board = board(dir.path(), HEALTH_LOOP);
     let latest = Arc::new(AtomicU64::new(0));
     // The first frame takes 800 ms (a model warming up): nothing is decided meanwhile.
     let mut m = model(&latest, 2, 2);

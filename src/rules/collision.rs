@@ -191,11 +191,7 @@ impl CollisionRule {
     pub fn new(index: usize, cfg: &Collision, keypoint_threshold: f32) -> Self {
         Self {
             index,
-            limits: PostureLimits {
-                keypoint_threshold,
-                max_torso_angle_deg: cfg.max_torso_angle_deg,
-                max_hip_height: cfg.max_hip_height,
-            },
+            limits: PostureLimits::new(keypoint_threshold, cfg.max_torso_angle_deg, cfg.max_hip_height),
             min_closing_speed: cfg.min_closing_speed,
             window: secs(cfg.speed_window_s.min(MAX_SPEED_WINDOW_S)),
             min_overlap: cfg.min_overlap,

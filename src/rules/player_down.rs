@@ -32,6 +32,12 @@ pub struct PostureLimits {
     pub max_hip_height: f32,
 }
 
+impl PostureLimits {
+    pub fn new(keypoint_threshold: f32, max_torso_angle_deg: f32, max_hip_height: f32) -> Self {
+        Self { keypoint_threshold, max_torso_angle_deg, max_hip_height }
+    }
+}
+
 fn mean_of(pose: &Pose, a: usize, b: usize, thr: f32) -> Option<Point> {
     let (ka, kb) = (pose.keypoints[a], pose.keypoints[b]);
     match (ka.score >= thr, kb.score >= thr) {
@@ -89,11 +95,7 @@ impl PlayerDownRule {
     pub fn new(index: usize, cfg: &PlayerDown, keypoint_threshold: f32) -> Self {
         Self {
             index,
-            limits: PostureLimits {
-                keypoint_threshold,
-                max_torso_angle_deg: cfg.max_torso_angle_deg,
-                max_hip_height: cfg.max_hip_height,
-            },
+            limits: PostureLimits::new(keypoint_threshold, cfg.max_torso_angle_deg, cfg.max_hip_height),
             min_down: Duration::from_secs_f32(cfg.min_down_s.max(0.0)),
             max_motion: cfg.max_motion,
             cooldown: Duration::from_secs_f32(cfg.cooldown_s.max(0.0)),
