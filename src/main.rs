@@ -102,8 +102,9 @@ enum Command {
         #[arg(long)]
         addr: Option<std::net::SocketAddr>,
     },
-    /// Run the labelled audio scenarios through the board's audio and fusion rules; print what
-    /// fired when, and precision and recall per rule. Exits 1 on a miss or a false alarm.
+    /// Run the labelled scenarios (audio, and footage through the decision loop) through the
+    /// board's rules; print what fired when, and precision and recall per rule. Exits 1 on a
+    /// miss or a false alarm.
     Scenarios {
         /// The scenario set (its set.toml names the sounds and the default board).
         #[arg(long, default_value = "tests/scenarios")]
@@ -114,6 +115,9 @@ enum Command {
         /// Directory of the source sounds (default: set.toml's).
         #[arg(long)]
         sounds: Option<PathBuf>,
+        /// Directory of the clips for footage scenarios (default: set.toml's).
+        #[arg(long)]
+        clips: Option<PathBuf>,
     },
     /// Transcribe a WAV file of speech with the on-device model (Moonshine tiny-en); prints the
     /// text, then the audio length, compute time and real-time factor.
@@ -310,8 +314,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Status { board, addr } => status(&board, addr),
         Command::Audit { command: AuditCommand::Verify { file, board } } => audit_verify(file, board),
         Command::Transcribe { wav, models, ort_library } => transcribe(&wav, &models, ort_library.as_deref()),
-        Command::Scenarios { dir, board, sounds } => {
-            let report = sideline::scenarios::run(&sideline::scenarios::Options { dir, board, sounds })?;
+        Command::Scenarios { dir, board, sounds, clips } => {
+            let report =
+                sideline::scenarios::run(&sideline::scenarios::Options { dir, board, sounds, clips })?;
             print!("{}", report.render());
             match report.failures() {
                 0 => Ok(()),

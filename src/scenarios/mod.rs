@@ -1,9 +1,10 @@
-//! Labelled audio scenarios: real recordings mixed at given offsets and gains, run through the
-//! detectors the device runs (with a board's rule parameters) and through fusion, and scored.
+//! Labelled scenarios: real recordings mixed at given offsets and gains, run through the
+//! detectors the device runs (with a board's rule parameters) and through fusion, and real
+//! footage run through the device's decision loop (see [`footage`]); then scored.
 //!
 //! A scenario set is a directory of TOML files (`tests/scenarios/`): `set.toml` says where the
-//! source sounds are (made by scripts/setup) and which board profile's rules to run; every other
-//! `*.toml` is one scenario:
+//! source sounds and clips are (made by scripts/setup) and which board profile's rules to run;
+//! every other `*.toml` is one scenario:
 //!
 //! ```toml
 //! description = "Referee whistles over the crowd, whistles at -6 dB"
@@ -27,10 +28,14 @@
 //! # known_miss = "why"       # a miss is reported as known, not failed
 //! ```
 //!
-//! Every audio and fusion rule of the board is judged in every scenario: a raise inside one of
-//! its windows hits that window (true positive, once per window), a raise outside all of them
-//! is a false alarm, a window with no raise is a miss. A rule with no window in a scenario must
-//! stay silent there, so each scenario is a negative for the rules it does not expect.
+//! Every audio and fusion rule of the board is judged in every scenario, and every video rule
+//! (zone, crowding, camera obstructed, player down, collision) in every scenario with footage:
+//! a raise inside one of its windows hits that window (true positive, once per window), a
+//! raise outside all of them is a false alarm, a window with no raise is a miss. A rule with no
+//! window in a scenario must stay silent there, so each scenario is a negative for the rules it
+//! does not expect. Video alerts reach fusion like audio ones.
+
+pub mod footage;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -54,6 +59,9 @@ use crate::rules::{Alert, AlertState, RuleKind, RuleSet};
 struct SetFile {
     /// Directory of the source sounds, `<name>.wav` each.
     sounds: PathBuf,
+    /// Directory of the clips for footage, `<name>.y4m` each.
+    #[serde(default)]
+    clips: Option<PathBuf>,
     /// The board profile whose rules run, unless `--board` names another.
     board: PathBuf,
 }
@@ -69,6 +77,10 @@ pub struct Scenario {
     pub injects: Vec<Inject>,
     #[serde(default, rename = "expect")]
     pub expects: Vec<Expect>,
+    /// Real footage for the video rules.
+    pub footage: Option<footage::Footage>,
+    #[serde(default, rename = "cover")]
+    pub covers: Vec<footage::Cover>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,8 +97,9 @@ pub struct Source {
     pub looped: bool,
 }
 
-/// An alert of a rule that does not listen (player down, say), raised at `from_s` and cleared
-/// at `to_s`: what fusion would get from the decision loop.
+/// An alert of a rule that is not judged in the scenario (player down where there is no
+/// footage, say), raised at `from_s` and cleared at `to_s`: what fusion would get from the
+/// decision loop.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Inject {
@@ -119,6 +132,8 @@ pub struct Options {
     pub board: Option<PathBuf>,
     /// Overrides `set.toml`'s sounds.
     pub sounds: Option<PathBuf>,
+    /// Overrides `set.toml`'s clips.
+    pub clips: Option<PathBuf>,
 }
 
 /// One alert heard (or injected) in a scenario, `t` seconds from its start.
@@ -190,8 +205,10 @@ pub struct Report {
     pub names: Vec<String>,
     pub scenarios: Vec<ScenarioResult>,
     pub rules: Vec<RuleScore>,
-    /// Audio run through the detectors, seconds, and how long it took.
+    /// Audio run through the detectors, and footage through the decision loop, seconds; and
+    /// how long it all took.
     pub audio_s: f64,
+    pub footage_s: f64,
     pub elapsed: Duration,
 }
 
@@ -267,10 +284,10 @@ impl Report {
                     verdict.push("silent, as expected".into());
                 }
                 if heard.iter().any(|h| h.injected) {
-                    let _ = writeln!(out, "  {name:<12} injected: {fired}");
+                    let _ = writeln!(out, "  {name:<15} injected: {fired}");
                 } else {
                     let _ =
-                        writeln!(out, "  {name:<12} expected {expected}; {fired}: {}", verdict.join("; "));
+                        writeln!(out, "  {name:<15} expected {expected}; {fired}: {}", verdict.join("; "));
                 }
                 lines += 1;
             }
@@ -285,14 +302,14 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<12} {:<8} {:>4} {:>4} {:>4} {:>6} {:>10} {:>8}",
+            "{:<15} {:<17} {:>4} {:>4} {:>4} {:>6} {:>10} {:>8}",
             "rule", "kind", "TP", "FP", "FN", "known", "precision", "recall"
         );
         let ratio = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
         for r in &self.rules {
             let _ = writeln!(
                 out,
-                "{:<12} {:<8} {:>4} {:>4} {:>4} {:>6} {:>10} {:>8}",
+                "{:<15} {:<17} {:>4} {:>4} {:>4} {:>6} {:>10} {:>8}",
                 r.name,
                 r.kind,
                 r.tp,
@@ -306,8 +323,10 @@ impl Report {
         let known = self.rules.iter().map(|r| r.known).sum::<u32>();
         let _ = writeln!(
             out,
-            "\n{} s of audio through the detectors in {:.2} s; {} failure(s), {} known miss(es)",
+            "\n{} s of audio through the detectors and {} s of footage through the loop in {:.2} s; \
+             {} failure(s), {} known miss(es)",
             self.audio_s.round(),
+            self.footage_s.round(),
             self.elapsed.as_secs_f64(),
             self.failures(),
             known
@@ -333,13 +352,16 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let metas = rules.metas();
     // Keyword rules transcribe the voice segments here, synchronously.
     let mut stt = crate::pipeline::open_speech(&board)?;
-    // Judged: what listens, and what fuses.
-    let judged: Vec<usize> = rules
+    // Judged everywhere: what listens, and what fuses; where there is footage, what watches.
+    let listened: Vec<usize> = rules
         .audio()
         .iter()
         .map(|(i, _)| *i)
         .chain(metas.iter().enumerate().filter(|(_, m)| m.kind == RuleKind::Fusion).map(|(i, _)| i))
         .collect();
+    let watched: Vec<usize> =
+        metas.iter().enumerate().filter(|(_, m)| is_video(m.kind)).map(|(i, _)| i).collect();
+    let clips = opts.clips.clone().or_else(|| set.clips.as_ref().map(|c| base.join(c)));
     let mut files: Vec<PathBuf> = std::fs::read_dir(&opts.dir)
         .with_context(|| format!("reading {}", opts.dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -354,23 +376,44 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut cache: HashMap<String, Vec<f32>> = HashMap::new();
     let mut results = Vec::new();
     let mut audio_s = 0.0;
+    let mut footage_s = 0.0;
     for file in &files {
         let name = file.file_stem().unwrap_or_default().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let sc: Scenario = toml::from_str(&text).with_context(|| format!("{}", file.display()))?;
         let index = |rule: &str| metas.iter().position(|m| m.name == rule);
+        let mut judged = listened.clone();
+        if sc.footage.is_some() {
+            judged.extend(&watched);
+        }
         let problems = check(&sc, &judged, &index);
         if !problems.is_empty() {
             bail!("{}: {}", file.display(), problems.join("; "));
         }
+        let seen = match &sc.footage {
+            Some(f) => {
+                let clips = clips.as_deref().with_context(|| {
+                    format!("{}: footage, yet {} names no `clips`", file.display(), set_path.display())
+                })?;
+                footage_s += sc.length_s as f64;
+                footage::watch(&board, clips, f, &sc.covers, sc.length_s)
+                    .with_context(|| format!("{}: footage", file.display()))?
+            }
+            None => Vec::new(),
+        };
         let samples = mix(&sc, &sounds, rate, &mut cache)?;
         audio_s += samples.len() as f64 / rate as f64;
-        let heard = listen(&rules, stt.as_mut(), &samples, rate, chunk_ms, &sc, &index)
+        let mut events = listen(&rules, stt.as_mut(), &samples, rate, chunk_ms, &sc, &index)
             .with_context(|| format!("{}", file.display()))?;
+        events.extend(seen.iter().map(|s| {
+            (at(s.t), Alert { rule: s.rule, state: s.state, track: s.track, at: Default::default() }, false)
+        }));
+        let heard = fuse(&rules, events);
         results.push(judge(name, &sc, heard, &judged, &index));
     }
-    let scores = judged
+    let scores = listened
         .iter()
+        .chain(&watched)
         .map(|&r| {
             let mut s = RuleScore {
                 rule: r,
@@ -401,8 +444,21 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         scenarios: results,
         rules: scores,
         audio_s,
+        footage_s,
         elapsed: started.elapsed(),
     })
+}
+
+/// Rules the decision loop runs on frames.
+fn is_video(k: RuleKind) -> bool {
+    matches!(
+        k,
+        RuleKind::ZoneIncursion
+            | RuleKind::Crowding
+            | RuleKind::CameraObstructed
+            | RuleKind::PlayerDown
+            | RuleKind::Collision
+    )
 }
 
 fn kind_name(k: RuleKind) -> String {
@@ -414,8 +470,11 @@ fn check(sc: &Scenario, judged: &[usize], index: &dyn Fn(&str) -> Option<usize>)
     if !(sc.length_s > 0.0 && sc.length_s <= 600.0) {
         p.push(format!("length_s: {} is outside (0, 600]", sc.length_s));
     }
-    if sc.sources.is_empty() {
-        p.push("source: mix at least one sound".into());
+    match &sc.footage {
+        None if sc.sources.is_empty() => p.push("source: mix at least one sound, or show footage".into()),
+        None if !sc.covers.is_empty() => p.push("cover: covers the lens of [footage]; there is none".into()),
+        Some(f) => p.extend(footage::check(f, &sc.covers, sc.length_s)),
+        None => {}
     }
     for (i, s) in sc.sources.iter().enumerate() {
         if !(s.at_s >= 0.0 && s.at_s < sc.length_s) {
@@ -428,7 +487,11 @@ fn check(sc: &Scenario, judged: &[usize], index: &dyn Fn(&str) -> Option<usize>)
     for (i, e) in sc.expects.iter().enumerate() {
         match index(&e.rule) {
             Some(r) if judged.contains(&r) => {}
-            _ => p.push(format!("expect[{i}].rule: no audio or fusion rule `{}` on the board", e.rule)),
+            Some(_) => p.push(format!(
+                "expect[{i}].rule: `{}` watches frames: the scenario needs [footage] to judge it",
+                e.rule
+            )),
+            None => p.push(format!("expect[{i}].rule: no rule `{}` on the board", e.rule)),
         }
         if !(e.from_s >= 0.0 && e.from_s < e.to_s && e.to_s <= sc.length_s) {
             p.push(format!("expect[{i}]: window {}..{} must rise within the scenario", e.from_s, e.to_s));
@@ -437,7 +500,7 @@ fn check(sc: &Scenario, judged: &[usize], index: &dyn Fn(&str) -> Option<usize>)
     for (i, j) in sc.injects.iter().enumerate() {
         match index(&j.rule) {
             Some(r) if !judged.contains(&r) => {}
-            Some(_) => p.push(format!("inject[{i}].rule: `{}` is heard, not injected", j.rule)),
+            Some(_) => p.push(format!("inject[{i}].rule: `{}` is judged here, not injected", j.rule)),
             None => p.push(format!("inject[{i}].rule: no rule `{}` on the board", j.rule)),
         }
         if !(j.from_s >= 0.0 && j.to_s.is_none_or(|t| t > j.from_s)) {
@@ -483,9 +546,23 @@ fn mix(
     Ok(acc.iter().map(|v| (v * 32767.0).round().clamp(-32768.0, 32767.0) as i16).collect())
 }
 
+/// The scenario's clock: t = 0 on the monotonic clock the rules run on.
+const T0: MonoTime = MonoTime::from_nanos(1_000_000_000);
+
+fn secs(at: MonoTime) -> f32 {
+    at.since(T0).as_secs_f32()
+}
+
+fn at(s: f32) -> MonoTime {
+    T0.plus(Duration::from_secs_f32(s))
+}
+
+/// An alert on the scenario's clock; `true` where the scenario injected it.
+type Timed = (MonoTime, Alert, bool);
+
 /// Runs the board's audio rules over the samples in microphone-sized chunks (the keyword rules
-/// over their voice rule's segments, transcribed as each ends), then fusion over what they
-/// raised and what the scenario injects, in capture order.
+/// over their voice rule's segments, transcribed as each ends); returns what they raised and
+/// cleared, with what the scenario injects.
 fn listen(
     rules: &RuleSet,
     mut stt: Option<&mut SpeechToText>,
@@ -494,7 +571,7 @@ fn listen(
     chunk_ms: u32,
     sc: &Scenario,
     index: &dyn Fn(&str) -> Option<usize>,
-) -> anyhow::Result<Vec<Heard>> {
+) -> anyhow::Result<Vec<Timed>> {
     let chunk_len = (rate as usize * chunk_ms as usize / 1000).max(1);
     let mut detectors: Vec<(usize, Detector)> =
         rules.audio().iter().filter_map(|(i, r)| Some((*i, Detector::new(r, rate, chunk_len)?))).collect();
@@ -505,15 +582,13 @@ fn listen(
     type Times = (MonoTime, MonoTime, MonoTime);
     let mut segments: Vec<(usize, Times, Vec<i16>)> = Vec::new();
     let mut changes = Vec::new();
-    let t0 = MonoTime::from_nanos(1_000_000_000);
-    let secs = |at: MonoTime| at.since(t0).as_secs_f32();
     let mut chunk = AudioChunk { samples: Vec::with_capacity(chunk_len), ..Default::default() };
     let mut events: Vec<(MonoTime, Alert, bool)> = Vec::new();
     for (seq, part) in samples.chunks(chunk_len).enumerate() {
         chunk.samples.clear();
         chunk.samples.extend_from_slice(part);
         chunk.seq = seq as u64;
-        chunk.ts = t0.plus(Duration::from_secs_f64((seq * chunk_len) as f64 / rate as f64));
+        chunk.ts = T0.plus(Duration::from_secs_f64((seq * chunk_len) as f64 / rate as f64));
         for (rule, det) in &mut detectors {
             let listened = listener.keywords.listens_to(*rule);
             let change = det.push_with(&chunk, |seg| {
@@ -539,19 +614,24 @@ fn listen(
         }
     }
     // Holds that run out within the scenario clear.
-    listener.keywords.expire(t0.plus(Duration::from_secs_f32(sc.length_s)), &mut changes);
+    listener.keywords.expire(at(sc.length_s), &mut changes);
     for c in changes {
         events.push((c.at, Alert { rule: c.rule, state: c.state, track: 0, at: Default::default() }, false));
     }
     for j in &sc.injects {
         let Some(rule) = index(&j.rule) else { continue };
-        let at = |s: f32| t0.plus(Duration::from_secs_f32(s));
         let alert = |state| Alert { rule, state, track: j.track, at: Default::default() };
         events.push((at(j.from_s), alert(AlertState::Raised), true));
         if let Some(to) = j.to_s {
             events.push((at(to), alert(AlertState::Cleared), true));
         }
     }
+    Ok(events)
+}
+
+/// Fusion over every alert of the scenario, in capture order; returns them all with what fusion
+/// raised and cleared.
+fn fuse(rules: &RuleSet, mut events: Vec<Timed>) -> Vec<Heard> {
     events.sort_by_key(|(t, _, _)| *t);
     let mut fusion = FusionSet::new(&rules.fusion());
     let mut fused = Vec::new();
@@ -567,7 +647,7 @@ fn listen(
             injected: false,
         }));
     }
-    Ok(heard)
+    heard
 }
 
 fn judge(
