@@ -173,6 +173,8 @@ pub struct ScenarioResult {
     /// Raises outside every window of their rule: (rule, time).
     pub false_alarms: Vec<(usize, f32)>,
     pub heard: Vec<Heard>,
+    /// The rules judged in it (video rules only where there is footage).
+    pub judged: Vec<usize>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -292,7 +294,8 @@ impl Report {
                 lines += 1;
             }
             if lines == 0 {
-                let silent: Vec<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
+                let silent: Vec<&str> =
+                    s.judged.iter().filter_map(|&i| self.names.get(i)).map(String::as_str).collect();
                 let _ = writeln!(out, "  nothing fired ({} silent, as expected)", silent.join(", "));
             }
         }
@@ -694,7 +697,14 @@ fn judge(
             w
         })
         .collect();
-    ScenarioResult { name, description: sc.description.clone(), windows, false_alarms, heard }
+    ScenarioResult {
+        name,
+        description: sc.description.clone(),
+        windows,
+        false_alarms,
+        heard,
+        judged: judged.to_vec(),
+    }
 }
 
 #[cfg(test)]
