@@ -1,8 +1,9 @@
-//! The labelled audio scenario set (tests/scenarios/): `sideline scenarios` runs every scenario
-//! through the board's whistle, thunder and voice detectors and the medic fusion, prints what fired
-//! when and precision and recall per rule, and must pass: every labelled event heard, nothing
-//! heard in the negatives. Also: a miss or a false alarm fails the command, a known miss is
-//! reported as such, and the new rules' parameters are validated like every other field.
+//! The labelled scenario set (tests/scenarios/): `sideline scenarios` runs every scenario through
+//! the board's whistle, thunder, voice and keyword detectors, its footage through the decision
+//! loop's video rules, and both through fusion; prints what fired when and precision and recall
+//! per rule, and must pass: every labelled event heard, nothing heard in the negatives. Also: a
+//! miss or a false alarm fails the command, a known miss is reported as such, bad scenario fields
+//! are refused by name, and the audio rules' parameters are validated like every other field.
 
 mod common;
 
