@@ -27,7 +27,9 @@ fn every_rule_fires_where_labelled_and_nowhere_else() {
     // The table is the point of the run: shown with --nocapture, and on failure.
     eprintln!("{report}");
     assert!(out.status.success(), "the scenario set failed:\n{report}");
-    for rule in ["whistle", "thunder", "voice", "medic", "road", "lens-covered", "lightning-entry"] {
+    for rule in
+        ["whistle", "thunder", "voice", "medic", "road", "road-busy", "lens-covered", "lightning-entry"]
+    {
         let row =
             report.lines().find(|l| l.starts_with(&format!("{rule} "))).unwrap_or_else(|| panic!("{report}"));
         assert!(row.trim_end().ends_with("1.000"), "{rule}: recall below 1 without a failure? {row}");
@@ -247,4 +249,28 @@ fn sim_audio_profile_checks_clean() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("1 thunder, 2 fusion"), "{}", text(&out));
     assert!(text(&out).contains(", 1 voice, 1 keyword"), "{}", text(&out));
+}
+
+#[test]
+fn crowding_parameters_are_validated_with_their_field_named() {
+    assert_each_edit_is_refused(&[
+        (
+            "max_people = 1\nmin_s = 2.0\n",
+            "max_people = 1\nmin_s = 2.0\nmax_gap_s = 3.0\n",
+            "rules.crowding[0].max_gap_s",
+            "outside 0..=min_s (2 s)",
+        ),
+        (
+            "max_people = 1\nmin_s = 2.0\n",
+            "max_people = 1\nmin_s = -1.0\n",
+            "rules.crowding[0].min_s",
+            "outside 0..=3600",
+        ),
+        (
+            "max_people = 1\nmin_s = 2.0\n",
+            "max_people = 1\nmin_s = 2.0\nmax_gap = 0.5\n",
+            "rules.crowding",
+            "max_gap",
+        ),
+    ]);
 }

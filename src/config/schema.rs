@@ -595,12 +595,19 @@ pub struct Crowding {
     pub max_people: u32,
     #[serde(default = "default_crowding_s")]
     pub min_s: f32,
+    /// A dip back across the limit this short does not restart the `min_s` clock: a person the
+    /// detector misses for a frame or two (occluded, or a score dipping under the threshold).
+    #[serde(default = "default_crowding_gap_s")]
+    pub max_gap_s: f32,
     pub severity: Severity,
     pub outputs: Vec<String>,
 }
 
 fn default_crowding_s() -> f32 {
     2.0
+}
+fn default_crowding_gap_s() -> f32 {
+    0.5
 }
 
 /// A covered, blinded or dark camera: the picture has lost its detail (luma barely varies)

@@ -412,6 +412,9 @@ fn check_rules(b: &Board, outputs: &HashSet<&str>, f: &mut Findings) {
         if !(c.min_s >= 0.0 && c.min_s <= 3600.0) {
             f.push((at("min_s"), format!("{} s is outside 0..=3600", c.min_s)));
         }
+        if !(c.max_gap_s >= 0.0 && c.max_gap_s <= c.min_s.max(0.0)) {
+            f.push((at("max_gap_s"), format!("{} s is outside 0..=min_s ({} s)", c.max_gap_s, c.min_s)));
+        }
         if !b.models.detector.classes.iter().any(|c| c == "person") {
             f.push((at("name"), "counting people needs `person` in models.detector.classes".into()));
         }

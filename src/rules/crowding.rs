@@ -1,6 +1,7 @@
-//! Crowding: more people inside a zone than it safely holds, for a while. Counting tracked
-//! people's foot points makes it robust to one missed detection; requiring the count to hold
-//! for `min_s` (both to raise and to clear) keeps it from flapping around the limit.
+//! Crowding: more people inside a zone than it safely holds, for a while. The count (people's
+//! foot points inside) must hold for `min_s`, both to raise and to clear, so the alert does not
+//! flap around the limit; a dip shorter than `max_gap_s` does not restart that clock, because
+//! in a crowd the detector loses someone behind someone else for a frame or two.
 
 use std::time::Duration;
 
@@ -15,8 +16,11 @@ pub struct CrowdingRule {
     polygon: Polygon,
     max_people: usize,
     hold: Duration,
+    gap: Duration,
     /// Since when the count has been on the other side of the limit from `active`.
     since: Option<MonoTime>,
+    /// The last frame it was.
+    last: MonoTime,
     active: bool,
     /// Where to report it: the zone's centre.
     at: Point,
@@ -35,7 +39,9 @@ impl CrowdingRule {
             polygon,
             max_people: cfg.max_people as usize,
             hold: Duration::from_secs_f32(cfg.min_s.max(0.0)),
+            gap: Duration::from_secs_f32(cfg.max_gap_s.max(0.0)),
             since: None,
+            last: MonoTime::default(),
             active: false,
             at,
         })
@@ -49,9 +55,12 @@ impl CrowdingRule {
             .count();
         let over = inside > self.max_people;
         if over == self.active {
-            self.since = None;
+            if scene.ts.since(self.last) > self.gap {
+                self.since = None;
+            }
             return;
         }
+        self.last = scene.ts;
         let since = *self.since.get_or_insert(scene.ts);
         if scene.ts.since(since) >= self.hold {
             self.active = over;
@@ -99,6 +108,7 @@ mod tests {
             polygon: vec![[0.0, 0.0], [100.0, 0.0], [100.0, 100.0], [0.0, 100.0]],
             max_people: 2,
             min_s: 1.0,
+            max_gap_s: 0.3,
             severity: Severity::Warning,
             outputs: vec![],
         };
@@ -106,20 +116,29 @@ mod tests {
         let three = [person(1, 10.0, 50.0), person(2, 50.0, 50.0), person(3, 90.0, 90.0)];
         // Two inside and one whose feet are outside: not a crowd.
         let two_in = [person(1, 10.0, 50.0), person(2, 50.0, 50.0), person(3, 90.0, 150.0)];
-        assert!(step(&mut r, 0, &two_in).is_empty());
-        assert!(step(&mut r, 100, &three).is_empty());
-        assert!(step(&mut r, 600, &three).is_empty(), "not for min_s yet");
-        assert!(step(&mut r, 700, &two_in).is_empty(), "a dip restarts the clock");
-        assert!(step(&mut r, 800, &three).is_empty());
-        let a = step(&mut r, 1800, &three);
-        assert_eq!((a.len(), a[0].rule, a[0].state, a[0].track), (1, 4, AlertState::Raised, 3));
-        assert!(step(&mut r, 1900, &three).is_empty(), "raised once");
-        assert!(step(&mut r, 2000, &two_in).is_empty(), "clears only after min_s too");
-        let a = step(&mut r, 3000, &two_in);
-        assert_eq!(a[0].state, AlertState::Cleared);
+        // Frames every 100 ms from `from` up to `to`, inclusive.
+        let frames = |r: &mut CrowdingRule, from: u64, to: u64, objs: &[Tracked]| -> Vec<Alert> {
+            (from..=to).step_by(100).flat_map(|ms| step(r, ms, objs)).collect()
+        };
+        assert!(frames(&mut r, 0, 0, &two_in).is_empty());
+        assert!(frames(&mut r, 100, 600, &three).is_empty(), "not for min_s yet");
+        assert!(frames(&mut r, 700, 1100, &two_in).is_empty(), "a dip of 500 ms restarts the clock");
+        assert!(frames(&mut r, 1200, 1500, &three).is_empty());
+        assert!(frames(&mut r, 1600, 1700, &two_in).is_empty(), "a dip of 200 ms (a missed person) does not");
+        assert!(frames(&mut r, 1800, 2100, &three).is_empty());
+        let a = frames(&mut r, 2200, 2400, &three);
+        assert_eq!(
+            (a.len(), a[0].rule, a[0].state, a[0].track),
+            (1, 4, AlertState::Raised, 3),
+            "1 s after 1200"
+        );
+        assert!(frames(&mut r, 2500, 3000, &two_in).is_empty(), "clears only after min_s too");
+        assert!(frames(&mut r, 3100, 3100, &three).is_empty(), "back over the limit for one frame");
+        let a = frames(&mut r, 3200, 3600, &two_in);
+        assert_eq!((a.len(), a[0].state), (1, AlertState::Cleared), "1 s after 2500: {a:?}");
         // Other classes do not count.
         let mut balls = three;
         balls.iter_mut().for_each(|o| o.class = 37);
-        assert!(step(&mut r, 4000, &balls).is_empty() && step(&mut r, 6000, &balls).is_empty());
+        assert!(frames(&mut r, 4000, 6000, &balls).is_empty());
     }
 }
