@@ -19,7 +19,7 @@ pub struct CrowdingRule {
     gap: Duration,
     /// Since when the count has been on the other side of the limit from `active`.
     since: Option<MonoTime>,
-    /// The last frame it was.
+    /// The last frame the count was on that side.
     last: MonoTime,
     active: bool,
     /// Where to report it: the zone's centre.
