@@ -24,6 +24,9 @@ use crate::rules::{Alert, AlertState};
 pub struct Health {
     last_arrival: AtomicU64,
     last_decided: AtomicU64,
+    /// Arrival of the first frame after the last decision: a stall counts from there, not
+    /// from the last decision, which a camera that was away for a while leaves far behind.
+    waiting_since: AtomicU64,
     last_met: AtomicBool,
     last_frame: AtomicU64,
     decided: AtomicU64,
@@ -87,6 +90,7 @@ impl Health {
         Self {
             last_arrival: AtomicU64::new(now.as_nanos()),
             last_decided: AtomicU64::new(now.as_nanos()),
+            waiting_since: AtomicU64::new(now.as_nanos()),
             last_met: AtomicBool::new(true),
             last_frame: AtomicU64::new(0),
             decided: AtomicU64::new(0),
@@ -102,6 +106,9 @@ impl Health {
 
     /// The camera delivered a frame.
     pub fn frame_arrived(&self, at: MonoTime) {
+        if self.last_arrival.load(Ordering::Acquire) <= self.last_decided.load(Ordering::Acquire) {
+            self.waiting_since.store(at.as_nanos(), Ordering::Release);
+        }
         self.last_arrival.store(at.as_nanos(), Ordering::Release);
     }
 
@@ -120,6 +127,12 @@ impl Health {
 
     fn since(v: &AtomicU64, now: MonoTime) -> Duration {
         now.since(MonoTime::from_nanos(v.load(Ordering::Acquire)))
+    }
+
+    /// How long frames have waited for the loop: since the last decision, or since the first
+    /// frame that came after it, whichever is later.
+    fn undecided_for(&self, now: MonoTime) -> Duration {
+        Self::since(&self.last_decided, now).min(Self::since(&self.waiting_since, now))
     }
 }
 
@@ -191,7 +204,7 @@ impl Supervisor {
                     let frame = health.last_frame.load(Ordering::Relaxed);
                     let camera_ok = Health::since(&health.last_arrival, now) <= blind_after;
                     // A blind camera leaves nothing to decide: that is not a stalled loop.
-                    let loop_ok = !camera_ok || Health::since(&health.last_decided, now) <= stall_after;
+                    let loop_ok = !camera_ok || health.undecided_for(now) <= stall_after;
                     blind.update(!camera_ok, frame, now, &out);
                     stalled.update(!loop_ok, frame, now, &out);
                     let decided = health.decided.load(Ordering::Relaxed);
@@ -204,7 +217,7 @@ impl Supervisor {
                         now,
                         camera_ok,
                         on_time,
-                        deciding: Health::since(&health.last_decided, now) <= stall_after,
+                        deciding: health.undecided_for(now) <= stall_after,
                         faulted_outputs: health.faulted_outputs.load(Ordering::Relaxed),
                         frame,
                         decided,
@@ -236,5 +249,30 @@ impl Supervisor {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.thread().unpark();
         let _ = self.handle.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stall_counts_from_the_first_frame_the_loop_has_not_decided() {
+        let t0 = MonoTime::from_nanos(1_000_000_000);
+        let at = |ms: u64| t0.plus(Duration::from_millis(ms));
+        let h = Health::new(t0);
+        h.frame_arrived(at(10));
+        h.frame_decided(0, at(30), true);
+        assert_eq!(h.undecided_for(at(40)), Duration::from_millis(10));
+        // The camera was away for 2 s; its first frame back has waited 50 ms, not 2 s.
+        h.frame_arrived(at(2030));
+        assert_eq!(h.undecided_for(at(2080)), Duration::from_millis(50));
+        // The loop hangs on it while frames keep coming: the wait grows from that first frame.
+        h.frame_arrived(at(2063));
+        h.frame_arrived(at(2096));
+        assert_eq!(h.undecided_for(at(3030)), Duration::from_millis(1000));
+        // Decided again: counted from the decision.
+        h.frame_decided(1, at(3040), true);
+        assert_eq!(h.undecided_for(at(3050)), Duration::from_millis(10));
     }
 }
