@@ -55,7 +55,6 @@ const COVERED_NOISE: u32 = 3;
 /// numbered from 0 and stamped on the scenario's timeline (clip time, as an unpaced clip is).
 struct Played {
     clip: Y4mCamera,
-    info: SourceInfo,
     count: u64,
     /// Covered frames, `[from, to)` in scenario frame numbers.
     covers: Vec<(u64, u64)>,
@@ -66,7 +65,7 @@ struct Played {
 
 impl FrameSource for Played {
     fn info(&self) -> SourceInfo {
-        self.info
+        self.clip.info()
     }
 
     fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, CaptureError> {
@@ -80,7 +79,7 @@ impl FrameSource for Played {
         }
         let start = *self.start.get_or_insert_with(MonoTime::now);
         frame.seq = seq;
-        frame.ts = start.plus(std::time::Duration::from_secs_f64(seq as f64 / self.info.fps));
+        frame.ts = start.plus(std::time::Duration::from_secs_f64(seq as f64 / self.clip.info().fps));
         Ok(true)
     }
 }
@@ -152,7 +151,6 @@ pub fn watch(
     let frame_of = |s: f32| (s as f64 * info.fps).round() as u64;
     let played = Played {
         clip,
-        info,
         count,
         covers: covers.iter().map(|c| (frame_of(c.from_s), frame_of(c.to_s))).collect(),
         next: 0,
