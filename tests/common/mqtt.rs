@@ -141,13 +141,28 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// A loopback port free now and never handed to another broker of this test process. The OS
+/// picks it; mosquitto binds it a moment later (SO_REUSEADDR). Tests run in parallel threads:
+/// without the set, two brokers could be given one port, one fails to bind, and its test talks
+/// to the other's broker (and sees "connection refused" while that one restarts).
+fn free_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
 impl Broker {
     /// Starts mosquitto with its configuration, log and persistence database in `dir`, on a
     /// free loopback port, and returns once the port accepts connections.
     pub fn start(pki: &Pki, dir: &Path) -> Broker {
         std::fs::create_dir_all(dir).unwrap();
-        // The OS picks a free port; mosquitto binds it a moment later (SO_REUSEADDR).
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let conf = dir.join("mosquitto.conf");
         let text = format!(
             "# Written by tests/common/mqtt.rs.
