@@ -4,9 +4,10 @@
     python bench/compare.py SIDELINE.json REFERENCE.json [--strict]
     python bench/compare.py --rounds S1.json R1.json S2.json R2.json ... [--strict]
 
-With --rounds, each pair was run back to back (the machine's speed drifts over minutes on a
-shared host); every number is the median over the rounds, and the ratios of each round are
-listed too.
+With --rounds, each pair was run back to back (the machine's speed drifts over seconds to
+minutes on a shared host): every number in the table is the median over the rounds, and each
+ratio is the median of the rounds' own ratios (each round's two tools ran side by side, so
+its ratio is the paired comparison), listed round by round too.
 
 Standard library only. Missing keys print as "n/a". Exit status 0, or with --strict 1 when a
 ratio misses its target or cannot be computed. See bench/README.md.
@@ -88,6 +89,15 @@ def table(rows, headers):
         print(line(r))
 
 
+def median(xs):
+    """The median of the numbers in xs; None if it has none."""
+    xs = sorted(x for x in xs if num(x) is not None)
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
 def median_doc(docs):
     """One document whose every number is the median of that number across `docs`."""
     first = docs[0]
@@ -120,10 +130,12 @@ def main():
         ap.error("give SIDELINE.json REFERENCE.json, or pairs of them with --rounds")
     pairs = [(load(a), load(b)) for a, b in zip(args.files[::2], args.files[1::2])]
     if len(pairs) > 1:
-        print(f"{len(pairs)} rounds, each sideline then reference; numbers are medians over rounds")
+        print(f"{len(pairs)} rounds, the two tools side by side in each; numbers are medians over rounds")
         for i, (s1, r1) in enumerate(pairs, 1):
             a1, b1, c1 = round_ratios(s1, r1)
-            print(f"  round {i}: (a) {fmt(a1, 3)}  (b) {fmt(b1, 3)}  (c) {fmt(c1, 3)}")
+            segs = " ".join(fmt(num(get(g, "ratio")), 3) for g in get(s1, "pipeline", "segments") or [])
+            print(f"  round {i}: (a) {fmt(a1, 3)}  (b) {fmt(b1, 3)}  (c) {fmt(c1, 3)}"
+                  + (f"   (a) by segment: {segs}" if segs else ""))
         print()
     s = median_doc([p[0] for p in pairs])
     r = median_doc([p[1] for p in pairs])
@@ -182,10 +194,9 @@ def main():
                 fmt(get(st, "max_us"), 1)) for st in stages],
               ("sideline stage", "p50 us", "p99 us", "max us"))
 
-    # The three ratios, each against its target.
-    a = ratio(get(s, "pipeline", "fps"), get(bare, "fps"))
-    b = ratio(get(s, "pipeline", "fps"), get(r, "pipeline", "fps"))
-    c = ratio(get(s, "paced", "p99_ms"), get(r, "paced", "p99_ms"))
+    # The three ratios, each against its target: the median of the rounds' paired ratios.
+    per_round = [round_ratios(s1, r1) for s1, r1 in pairs]
+    a, b, c = (median([x[k] for x in per_round]) for k in range(3))
 
     def verdict(value, ok, minimum=None):
         if value is None:

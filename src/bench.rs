@@ -1,9 +1,11 @@
 //! `sideline bench`: numbers for speed and memory, never pass/fail.
 //!
 //! Three measurements on the board's own clip and models: bare inference per model and backend
-//! (preprocessing untimed; run before and after the loop and averaged), the whole loop as fast as it goes (throughput), and the whole loop fed
-//! by a camera at a fixed rate (latency, drops, deadline misses, ladder changes). `bench/run`
-//! puts these next to the Python reference peer and prints the ratios.
+//! (preprocessing untimed), the whole loop as fast as it goes (throughput), and the whole loop
+//! fed by a camera at a fixed rate (latency, drops, deadline misses, ladder changes). The loop's
+//! throughput is measured in segments with the bare detector between them, so that a host whose
+//! speed drifts compares like with like. `bench/run` puts these next to the Python reference
+//! peer and prints the ratios.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -26,7 +28,22 @@ pub struct BenchOptions {
     pub frames: u64,
     pub pace_fps: Option<f64>,
     pub json: Option<PathBuf>,
+    pub mode: Mode,
+    /// Parts the throughput run is split into, with the bare detector measured between them.
+    pub segments: u64,
 }
+
+/// Which of the loop's measurements to run (bare inference goes with throughput).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    #[default]
+    All,
+    Throughput,
+    Paced,
+}
+
+/// Default for [`BenchOptions::segments`].
+pub const SEGMENTS: u64 = 4;
 
 /// Frames each detector variant runs for the latency profile.
 pub const PROFILE_FRAMES: usize = 60;
@@ -151,7 +168,19 @@ pub struct Pipeline {
     pub alerts: u64,
     pub allocs_per_frame: Option<f64>,
     pub peak_rss_mb: f64,
+    /// Pooled over the segments (see `merge_stages`).
     pub stages: Vec<StageSummary>,
+    pub segments: Vec<Segment>,
+}
+
+/// One part of the throughput run, next to the bare detector measured either side of it.
+#[derive(Debug, Serialize)]
+pub struct Segment {
+    pub from_frame: u64,
+    pub frames: u64,
+    pub fps: f64,
+    pub bare_fps: f64,
+    pub ratio: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -176,8 +205,8 @@ pub struct Report {
     pub frames: u64,
     pub threads: usize,
     pub bare: Vec<Bare>,
-    pub pipeline: Pipeline,
-    pub paced: Paced,
+    pub pipeline: Option<Pipeline>,
+    pub paced: Option<Paced>,
     /// Detector variants measured for model selection.
     pub variants: LatencyProfile,
     #[serde(skip)]
@@ -236,7 +265,9 @@ fn read_frames(board: &Board, n: u64) -> anyhow::Result<Vec<Frame>> {
     Ok(out)
 }
 
-fn bare(board: &Board, n: u64) -> anyhow::Result<Vec<Bare>> {
+/// Bare inference of every model and backend but the one the loop is compared with (the
+/// detector on the board's backend, measured between the loop's segments instead).
+fn bare_others(board: &Board, n: u64) -> anyhow::Result<Vec<Bare>> {
     let mut backends = vec![];
     if cfg!(feature = "ort") {
         backends.push((Backend::Ort, n.min(200)));
@@ -249,11 +280,13 @@ fn bare(board: &Board, n: u64) -> anyhow::Result<Vec<Bare>> {
     let mut out = vec![];
     for (backend, count) in backends {
         let frames = &clip[..count as usize];
-        let mut cfg = board.models.detector.clone();
-        cfg.backend = backend;
-        let mut det = Detector::new(&cfg, w, h, &board.inference)?;
-        let (fps, s) = time_detector(&mut det, frames)?;
-        out.push(Bare::new("detector", backend, cfg.input, count, fps, &s));
+        if backend != board.models.detector.backend {
+            let mut cfg = board.models.detector.clone();
+            cfg.backend = backend;
+            let mut det = Detector::new(&cfg, w, h, &board.inference)?;
+            let (fps, s) = time_detector(&mut det, frames)?;
+            out.push(Bare::new("detector", backend, cfg.input, count, fps, &s));
+        }
         if let Some(p) = &board.models.pose {
             let mut cfg = p.clone();
             cfg.backend = backend;
@@ -272,50 +305,111 @@ fn bare(board: &Board, n: u64) -> anyhow::Result<Vec<Bare>> {
     Ok(out)
 }
 
-pub fn run(
+/// The board's detector, bare, from a fresh session (as each loop segment starts one).
+fn bare_detector(board: &Board, frames: &[Frame]) -> anyhow::Result<(f64, StageSummary)> {
+    let cfg = &board.models.detector;
+    let mut det = Detector::new(cfg, frames[0].width, frames[0].height, &board.inference)?;
+    time_detector(&mut det, frames)
+}
+
+/// The loop as fast as it goes, in `segments` parts over consecutive stretches of the clip,
+/// with the bare detector measured before, between and after them: a shared host's speed
+/// drifts over seconds, and the pipeline/bare ratio must compare like with like.
+fn throughput(
     board: &Board,
-    board_path: &str,
     opts: &BenchOptions,
     stop: &'static AtomicBool,
-) -> anyhow::Result<Report> {
-    // First, so that the loops below start on the variant this machine can afford.
-    let (variants, variants_file) = profile_variants(board).context("detector variants")?;
-    // A shared host's speed drifts over minutes: measure bare inference before and after the
-    // loop and report the mean, so the pipeline/bare ratio compares like with like.
-    let before = bare(board, opts.frames).context("bare inference")?;
+) -> anyhow::Result<(Bare, Pipeline)> {
+    let n = opts.frames.max(1);
+    let parts = opts.segments.clamp(1, n);
+    let per_bare = read_frames(board, n.div_ceil(parts).min(200))?;
+    anyhow::ensure!(!per_bare.is_empty(), "the clip has no frames");
+    let mut bares = vec![bare_detector(board, &per_bare).context("bare detector")?];
+    let mut runs = Vec::new();
+    let mut segments = Vec::new();
+    for i in 0..parts {
+        let (from, to) = (i * n / parts, (i + 1) * n / parts);
+        let run_opts = RunOptions { max_frames: Some(to - from), from_frame: from, ..RunOptions::default() };
+        let s = pipeline::run(board, &run_opts, stop)
+            .with_context(|| format!("pipeline, unpaced, frames {from}..{to}"))?;
+        bares.push(bare_detector(board, &per_bare).context("bare detector")?);
+        let around = (bares[bares.len() - 2].0 + bares[bares.len() - 1].0) / 2.0;
+        segments.push(Segment {
+            from_frame: from,
+            frames: s.frames,
+            fps: s.fps,
+            bare_fps: around,
+            ratio: s.fps / around.max(1e-9),
+        });
+        runs.push(s);
+    }
 
-    let s =
-        pipeline::run(board, &RunOptions { max_frames: Some(opts.frames), ..RunOptions::default() }, stop)
-            .context("pipeline, unpaced")?;
-    let t = frame_to_out(&s);
+    // The bare detector over all its measurements: frames over the time they took.
+    let frames_each = per_bare.len() as u64;
+    let bare_seconds: f64 = bares.iter().map(|(fps, _)| frames_each as f64 / fps.max(1e-9)).sum();
+    let bare_frames = frames_each * bares.len() as u64;
+    let merged = merge_stages(bares.iter().map(|(_, s)| s.clone()).collect());
+    let d = &board.models.detector;
+    let bare =
+        Bare::new("detector", d.backend, d.input, bare_frames, bare_frames as f64 / bare_seconds, &merged);
+
+    let frames: u64 = runs.iter().map(|s| s.frames).sum();
+    let seconds: f64 = runs.iter().map(|s| s.seconds).sum();
+    let allocs: Vec<(f64, u64)> =
+        runs.iter().filter_map(|s| s.allocs_per_frame.map(|a| (a, s.frames))).collect();
+    let stage_names: Vec<&'static str> = runs[0].stages.iter().map(|st| st.stage).collect();
+    let stages: Vec<StageSummary> = stage_names
+        .iter()
+        .map(|&name| {
+            let of: Vec<StageSummary> =
+                runs.iter().filter_map(|s| s.stages.iter().find(|st| st.stage == name).cloned()).collect();
+            merge_stages(of)
+        })
+        .collect();
+    let t = stages
+        .iter()
+        .find(|st| st.stage == "frame->out")
+        .cloned()
+        .unwrap_or_else(|| StageStats::new("").summary());
     let pipeline = Pipeline {
-        fps: s.fps,
-        frames: s.frames,
+        fps: frames as f64 / seconds.max(1e-9),
+        frames,
         p50_ms: ms(t.p50_us),
         p99_ms: ms(t.p99_us),
         max_ms: ms(t.max_us),
-        detections: s.persons,
-        detections_all: s.detections,
-        alerts: s.alerts_raised,
-        allocs_per_frame: s.allocs_per_frame,
-        peak_rss_mb: s.peak_rss_mb,
-        stages: s.stages.clone(),
+        detections: runs.iter().map(|s| s.persons).sum(),
+        detections_all: runs.iter().map(|s| s.detections).sum(),
+        alerts: runs.iter().map(|s| s.alerts_raised).sum(),
+        allocs_per_frame: (allocs.len() == runs.len()).then(|| {
+            let counted: u64 = allocs.iter().map(|&(_, f)| f).sum();
+            allocs.iter().map(|&(a, f)| a * f as f64).sum::<f64>() / counted.max(1) as f64
+        }),
+        peak_rss_mb: runs.iter().map(|s| s.peak_rss_mb).fold(0.0, f64::max),
+        stages,
+        segments,
     };
+    Ok((bare, pipeline))
+}
 
-    let after = bare(board, opts.frames).context("bare inference")?;
-    let bare: Vec<Bare> = before
-        .into_iter()
-        .zip(after)
-        .map(|(a, b)| Bare {
-            fps: (a.fps + b.fps) / 2.0,
-            p50_ms: (a.p50_ms + b.p50_ms) / 2.0,
-            p99_ms: (a.p99_ms + b.p99_ms) / 2.0,
-            max_ms: a.max_ms.max(b.max_ms),
-            frames: a.frames + b.frames,
-            ..a
-        })
-        .collect();
+/// One stage's numbers over several runs: counts and means pooled, p50 the median of the
+/// runs' p50s, p99 and max the worst run's (the samples themselves are not kept).
+fn merge_stages(of: Vec<StageSummary>) -> StageSummary {
+    let Some(first) = of.first() else { return StageStats::new("").summary() };
+    let count: u64 = of.iter().map(|s| s.count).sum();
+    let mut p50s: Vec<u32> = of.iter().map(|s| s.p50_us).collect();
+    p50s.sort_unstable();
+    StageSummary {
+        stage: first.stage,
+        count,
+        mean_us: of.iter().map(|s| s.mean_us * s.count).sum::<u64>() / count.max(1),
+        p50_us: p50s[p50s.len() / 2],
+        p99_us: of.iter().map(|s| s.p99_us).max().unwrap_or(0),
+        max_us: of.iter().map(|s| s.max_us).max().unwrap_or(0),
+        overruns: of.iter().map(|s| s.overruns).sum(),
+    }
+}
 
+fn paced(board: &Board, opts: &BenchOptions, stop: &'static AtomicBool) -> anyhow::Result<Paced> {
     let fps_in = opts.pace_fps.unwrap_or(board.cameras[0].fps);
     let paced_opts = RunOptions {
         max_frames: Some(opts.frames),
@@ -325,7 +419,7 @@ pub fn run(
     };
     let p = pipeline::run(board, &paced_opts, stop).context("pipeline, paced")?;
     let t = frame_to_out(&p);
-    let paced = Paced {
+    Ok(Paced {
         fps_in,
         frames: p.frames + p.dropped_frames,
         processed: p.frames,
@@ -337,7 +431,25 @@ pub fn run(
         budget_ms: p.budget_ms,
         ladder_changes: p.ladder_changes,
         decision_to_output_p99_us: p.stages.iter().find(|s| s.stage == "decide->out").map(|s| s.p99_us),
-    };
+    })
+}
+
+pub fn run(
+    board: &Board,
+    board_path: &str,
+    opts: &BenchOptions,
+    stop: &'static AtomicBool,
+) -> anyhow::Result<Report> {
+    // First, so that the loops below start on the variant this machine can afford.
+    let (variants, variants_file) = profile_variants(board).context("detector variants")?;
+    let (mut bare, mut pipeline) = (Vec::new(), None);
+    if opts.mode != Mode::Paced {
+        let (compared, p) = throughput(board, opts, stop)?;
+        bare.push(compared);
+        bare.extend(bare_others(board, opts.frames).context("bare inference")?);
+        pipeline = Some(p);
+    }
+    let paced = if opts.mode != Mode::Throughput { Some(paced(board, opts, stop)?) } else { None };
     let report = Report {
         tool: "sideline",
         board: board_path.to_string(),
@@ -379,43 +491,55 @@ impl Report {
                 b.frames
             ));
         }
-        let p = &self.pipeline;
-        s.push_str(&format!(
-            "pipeline, as fast as it goes: {:.1} fps; frame->out p50 {:.2} ms p99 {:.2} ms; {} person detections, {} alerts; \
-             allocations/frame {}; peak RSS {:.0} MB\n",
-            p.fps,
-            p.p50_ms,
-            p.p99_ms,
-            p.detections,
-            p.alerts,
-            p.allocs_per_frame.map_or("n/a".into(), |a| format!("{a:.2}")),
-            p.peak_rss_mb
-        ));
-        for st in &p.stages {
+        if let Some(p) = &self.pipeline {
             s.push_str(&format!(
-                "  {:<12} p50 {:8.3} ms  p99 {:8.3} ms  max {:8.3} ms\n",
-                st.stage,
-                ms(st.p50_us),
-                ms(st.p99_us),
-                ms(st.max_us)
+                "pipeline, as fast as it goes: {:.1} fps; frame->out p50 {:.2} ms p99 {:.2} ms; {} person detections, \
+                 {} alerts; allocations/frame {}; peak RSS {:.0} MB\n",
+                p.fps,
+                p.p50_ms,
+                p.p99_ms,
+                p.detections,
+                p.alerts,
+                p.allocs_per_frame.map_or("n/a".into(), |a| format!("{a:.2}")),
+                p.peak_rss_mb
+            ));
+            for g in &p.segments {
+                s.push_str(&format!(
+                    "  frames {:>4}..{:<4} {:7.1} fps, bare detector around it {:7.1} fps: {:.3}\n",
+                    g.from_frame,
+                    g.from_frame + g.frames,
+                    g.fps,
+                    g.bare_fps,
+                    g.ratio
+                ));
+            }
+            for st in &p.stages {
+                s.push_str(&format!(
+                    "  {:<12} p50 {:8.3} ms  p99 {:8.3} ms  max {:8.3} ms\n",
+                    st.stage,
+                    ms(st.p50_us),
+                    ms(st.p99_us),
+                    ms(st.max_us)
+                ));
+            }
+        }
+        if let Some(q) = &self.paced {
+            s.push_str(&format!(
+                "pipeline, camera at {:.0} fps: {} of {} frames decided ({} dropped stale); frame->out p50 {:.2} ms \
+                 p99 {:.2} ms max {:.2} ms; {} deadline misses at {:.1} ms; {} ladder changes; decide->out p99 {}\n",
+                q.fps_in,
+                q.processed,
+                q.frames,
+                q.dropped,
+                q.p50_ms,
+                q.p99_ms,
+                q.max_ms,
+                q.deadline_misses,
+                q.budget_ms,
+                q.ladder_changes,
+                q.decision_to_output_p99_us.map_or("n/a".into(), |us| format!("{us} us"))
             ));
         }
-        let q = &self.paced;
-        s.push_str(&format!(
-            "pipeline, camera at {:.0} fps: {} of {} frames decided ({} dropped stale); frame->out p50 {:.2} ms \
-             p99 {:.2} ms max {:.2} ms; {} deadline misses at {:.1} ms; {} ladder changes; decide->out p99 {}\n",
-            q.fps_in,
-            q.processed,
-            q.frames,
-            q.dropped,
-            q.p50_ms,
-            q.p99_ms,
-            q.max_ms,
-            q.deadline_misses,
-            q.budget_ms,
-            q.ladder_changes,
-            q.decision_to_output_p99_us.map_or("n/a".into(), |us| format!("{us} us"))
-        ));
         s.push_str(&render_profile(&self.variants, &self.variants_file));
         s
     }

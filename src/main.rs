@@ -59,6 +59,12 @@ enum Command {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Which measurements to run.
+        #[arg(long, value_enum, default_value_t = sideline::bench::Mode::All)]
+        mode: sideline::bench::Mode,
+        /// Parts the throughput run is split into, with the bare detector measured between them.
+        #[arg(long, default_value_t = sideline::bench::SEGMENTS)]
+        segments: u64,
         /// Only measure the detector variants and save the latency profile model selection
         /// uses (seconds instead of minutes).
         #[arg(long)]
@@ -277,6 +283,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 pace_fps,
                 frame_events,
                 metrics: None,
+                from_frame: 0,
             };
             tracing::info!(board = %board.display(), "starting");
             let summary = pipeline::run(&profile, &opts, &STOP)
@@ -291,10 +298,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             print!("{}", sideline::bench::render_profile(&variants, &file));
             Ok(())
         }
-        Command::Bench { board, frames, pace_fps, json, .. } => {
+        Command::Bench { board, frames, pace_fps, json, mode, segments, .. } => {
             let profile = Board::load(&board)?;
             install_signal_handlers();
-            let opts = sideline::bench::BenchOptions { frames, pace_fps, json };
+            let opts = sideline::bench::BenchOptions { frames, pace_fps, json, mode, segments };
             let report = sideline::bench::run(&profile, &board.display().to_string(), &opts, &STOP)
                 .with_context(|| format!("benchmarking {}", board.display()))?;
             print!("{}", report.render());

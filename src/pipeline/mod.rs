@@ -40,6 +40,8 @@ pub use frame_loop::Parts;
 pub struct RunOptions {
     pub events: Option<EventsDest>,
     pub max_frames: Option<u64>,
+    /// Start a clip this many frames in (simulated cameras only).
+    pub from_frame: u64,
     /// Deliver frames at the camera's rate (a clip plays like a live camera).
     pub pace: bool,
     /// Play a clip at this rate instead of its own.
@@ -64,6 +66,15 @@ pub fn open_camera(
             if let Some(fps) = opts.pace_fps {
                 clip = clip.with_rate(fps);
             }
+            let skipped =
+                clip.skip(opts.from_frame).with_context(|| format!("reading camera `{}`", cam.name))?;
+            anyhow::ensure!(
+                skipped == opts.from_frame,
+                "camera `{}`: {} has {skipped} frames, the run starts at frame {}",
+                cam.name,
+                cam.source.display(),
+                opts.from_frame
+            );
             Ok(Box::new(clip))
         }
         CameraKind::V4l2 => {
