@@ -59,6 +59,10 @@ pub struct Preprocessor {
     row_v: Vec<f32>,
     /// Whether the CPU path runs its AVX2 + FMA build (checked once, at start).
     simd: bool,
+    /// The engine's input buffer (`fill`) already holds the letterbox bars: they never change,
+    /// so later frames write only the picture (on a 768x576 frame into 512x512, a quarter of
+    /// the input).
+    bars_in_place: bool,
     /// The same conversion on the GPU, where one is used (`cuda` feature, GPU accelerator).
     #[cfg(feature = "cuda")]
     gpu: Option<(super::cuda_pre::CudaPreprocessor, Vec<f32>)>,
@@ -81,6 +85,7 @@ impl Preprocessor {
             row_u: vec![0.0; src_w.div_ceil(2) as usize],
             row_v: vec![0.0; src_w.div_ceil(2) as usize],
             simd: simd_available(),
+            bars_in_place: false,
             #[cfg(feature = "cuda")]
             gpu: None,
         }
@@ -113,17 +118,23 @@ impl Preprocessor {
         self.letterbox.dst_w as usize * self.letterbox.dst_h as usize * 3
     }
 
-    /// Writes `frame` into an engine's input buffer, whatever its element type.
+    /// Writes `frame` into an engine's input buffer, whatever its element type. Always the
+    /// same engine's: nothing else writes that buffer, so the bars are written once.
     pub fn fill(&mut self, frame: &Frame, input: InputMut<'_>) {
         #[cfg(feature = "cuda")]
         let input = match self.fill_gpu(frame, input) {
             Some(rest) => rest,
-            None => return,
+            None => {
+                self.bars_in_place = true;
+                return;
+            }
         };
+        let bars = !self.bars_in_place;
         match input {
-            InputMut::F32(b) => self.run(frame, b),
-            InputMut::I32(b) => self.run(frame, b),
+            InputMut::F32(b) => self.convert(frame, b, bars),
+            InputMut::I32(b) => self.convert(frame, b, bars),
         }
+        self.bars_in_place = true;
     }
 
     /// The GPU path: `None` when it filled the input, else the input back for the CPU. A GPU
@@ -155,14 +166,18 @@ impl Preprocessor {
         self.simd = on && simd_available();
     }
 
-    /// Writes `frame` as RGB 0..255 into `out` (NHWC, batch 1).
+    /// Writes `frame` as RGB 0..255 into `out` (NHWC, batch 1), bars included.
     pub fn run<T: Channel>(&mut self, frame: &Frame, out: &mut [T]) {
+        self.convert(frame, out, true)
+    }
+
+    fn convert<T: Channel>(&mut self, frame: &Frame, out: &mut [T], bars: bool) {
         #[cfg(target_arch = "x86_64")]
         if self.simd {
             // SAFETY: `simd` is set only where the CPU reports AVX2 and FMA.
-            return unsafe { self.run_avx2(frame, out) };
+            return unsafe { self.run_avx2(frame, out, bars) };
         }
-        self.run_rows(frame, out)
+        self.run_rows(frame, out, bars)
     }
 
     /// `run_rows` compiled for AVX2 + FMA, where the compiler vectorizes the row blends and
@@ -170,12 +185,13 @@ impl Preprocessor {
     /// builds have NEON always and need no second copy.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2<T: Channel>(&mut self, frame: &Frame, out: &mut [T]) {
-        self.run_rows(frame, out)
+    unsafe fn run_avx2<T: Channel>(&mut self, frame: &Frame, out: &mut [T], bars: bool) {
+        self.run_rows(frame, out, bars)
     }
 
+    /// `bars`: also write the letterbox bars.
     #[inline(always)]
-    fn run_rows<T: Channel>(&mut self, frame: &Frame, out: &mut [T]) {
+    fn run_rows<T: Channel>(&mut self, frame: &Frame, out: &mut [T], bars: bool) {
         let lb = self.letterbox;
         debug_assert_eq!((frame.width, frame.height), (lb.src_w, lb.src_h));
         assert_eq!(out.len(), self.input_len(), "input buffer sized by Preprocessor::input_len");
@@ -187,7 +203,9 @@ impl Preprocessor {
         let (px, py) = (lb.pad_x as usize, lb.pad_y as usize);
         for (oy, row) in out.chunks_exact_mut(row_len).enumerate() {
             let Some(&ty) = oy.checked_sub(py).and_then(|y| self.luma_y.get(y)) else {
-                row.fill(pad);
+                if bars {
+                    row.fill(pad);
+                }
                 continue;
             };
             let cy = self.chroma_y[oy - py];
@@ -210,9 +228,11 @@ impl Preprocessor {
                 &mut self.row_v,
             );
             let (left, rest) = row.split_at_mut(px * 3);
-            left.fill(pad);
             let (content, right) = rest.split_at_mut(self.luma_x.len() * 3);
-            right.fill(pad);
+            if bars {
+                left.fill(pad);
+                right.fill(pad);
+            }
             let (ry, ru, rv) = (&self.row_y[..], &self.row_u[..], &self.row_v[..]);
             for ((px_out, tx), cx) in content.chunks_exact_mut(3).zip(&self.luma_x).zip(&self.chroma_x) {
                 let lerp = |r: &[f32], t: &Tap| {
@@ -334,6 +354,23 @@ mod tests {
             let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             assert!(worst < 1e-3, "{dw}x{dh}: outputs differ by up to {worst}");
             assert!(a.iter().all(|&v| (0.0..=255.0).contains(&v)), "every element written");
+        }
+    }
+
+    #[test]
+    fn an_engine_buffer_gets_its_bars_once_and_every_frame_all_of_its_picture() {
+        // Bars on both axes; a second frame of another colour: `fill` leaves the bars alone
+        // and must give exactly what a full write into a fresh buffer gives.
+        for (w, h) in [(40u32, 20u32), (20, 40)] {
+            let mut p = Preprocessor::new(w, h, 16, 16, 114.0);
+            let mut engine = vec![-1f32; p.input_len()];
+            p.fill(&flat_frame(w, h, 126, 128, 128), InputMut::F32(&mut engine));
+            let second = flat_frame(w, h, 81, 90, 240);
+            p.fill(&second, InputMut::F32(&mut engine));
+            let mut fresh = vec![-2f32; p.input_len()];
+            Preprocessor::new(w, h, 16, 16, 114.0).run(&second, &mut fresh);
+            assert_eq!(engine, fresh, "{w}x{h}");
+            assert!(engine.contains(&114.0), "{w}x{h}: bars present");
         }
     }
 }
