@@ -27,9 +27,17 @@ fn every_rule_fires_where_labelled_and_nowhere_else() {
     // The table is the point of the run: shown with --nocapture, and on failure.
     eprintln!("{report}");
     assert!(out.status.success(), "the scenario set failed:\n{report}");
-    for rule in
-        ["whistle", "thunder", "voice", "medic", "road", "road-busy", "lens-covered", "lightning-entry"]
-    {
+    for rule in [
+        "whistle",
+        "thunder",
+        "voice",
+        "medic",
+        "road",
+        "road-busy",
+        "lens-covered",
+        "lightning-entry",
+        "player-down",
+    ] {
         let row =
             report.lines().find(|l| l.starts_with(&format!("{rule} "))).unwrap_or_else(|| panic!("{report}"));
         assert!(row.trim_end().ends_with("1.000"), "{rule}: recall below 1 without a failure? {row}");
@@ -42,12 +50,9 @@ fn every_rule_fires_where_labelled_and_nowhere_else() {
     assert_eq!(cols[4], cols[5], "help: every miss must be a labelled known miss: {row}");
     assert!(cols[2].parse::<u32>().unwrap() >= 3, "help: heard in at least 3 windows: {row}");
     assert_eq!(cols[6], "1.000", "{row}");
-    // Nobody falls or collides in the footage: both judged on it, neither ever raised.
-    for rule in ["player-down", "collision"] {
-        let row =
-            report.lines().find(|l| l.starts_with(&format!("{rule} "))).unwrap_or_else(|| panic!("{report}"));
-        assert_eq!(row.split_whitespace().nth(3), Some("0"), "{rule}: false alarms on the footage: {row}");
-    }
+    // Nobody collides in the footage (nor in the staged falls): judged on all of it, never raised.
+    let row = report.lines().find(|l| l.starts_with("collision ")).unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(row.split_whitespace().nth(3), Some("0"), "collision: false alarms on the footage: {row}");
     assert!(report.contains("0 failure(s)"), "{report}");
     eprintln!("the set took {:.1} s", started.elapsed().as_secs_f64());
 }
@@ -120,11 +125,14 @@ fn a_miss_or_a_false_alarm_fails_and_a_known_miss_is_reported_not_hidden() {
     assert!(text(&out).contains("expect[0].rule: no rule `thundr` on the board"), "{}", text(&out));
 
     // A video rule is judged on footage only; on footage it is watched, not injected; a cover
-    // needs footage to cover; the footage must be there.
+    // needs footage to cover, an actor footage to be staged in; the footage and photo must be
+    // there.
     let footage = "[footage]\nclip = \"vtest\"\n";
     let road = "[[expect]]\nrule = \"road\"\nfrom_s = 1.0\nto_s = 2.0\n";
     let down = "[[inject]]\nrule = \"player-down\"\nfrom_s = 1.0\n";
     let cover = "[[cover]]\nfrom_s = 1.0\nto_s = 2.0\n";
+    let actor = "[[actor]]\nphoto = \"basketball1\"\ncrop = [33, 78, 169, 474]\nscale = 0.8\n\
+                 path = [{ t_s = 0.0, x = 230, y = 420 }, { t_s = 2.0, x = 230, y = 420 }]\n";
     for (body, message) in [
         (format!("{crowd}{road}"), "expect[0].rule: `road` watches frames: the scenario needs [footage]"),
         (format!("{footage}{down}"), "inject[0].rule: `player-down` is judged here, not injected"),
@@ -134,6 +142,10 @@ fn a_miss_or_a_false_alarm_fails_and_a_known_miss_is_reported_not_hidden() {
             "cover[0]: 3..2 must rise within the scenario",
         ),
         (format!("{footage}from_frame = 900\n"), "footage.from_frame: "),
+        (format!("{crowd}{actor}"), "actor: is staged into [footage]; there is none"),
+        (format!("{footage}{}", actor.replace("basketball1", "nobody")), "actor[0]: "),
+        (format!("{footage}{}", actor.replace("474]", "974]")), "crop [33, 78, 169, 974] reaches outside"),
+        (format!("{footage}{}", actor.replace("t_s = 0.0", "t_s = 7.0")), "actor[0].path[0].t_s: 7 must be"),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = temp_set(tmp.path(), &[("bad", &format!("description = \"b\"\nlength_s = 6.0\n{body}"))]);

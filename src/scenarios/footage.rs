@@ -10,6 +10,8 @@
 //! from_s = 2.0
 //! to_s = 7.0
 //! ```
+//!
+//! and people staged into it (`[[actor]]`, see [`super::stage`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -17,6 +19,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use super::stage::{Actor, Staged};
 use crate::capture::y4m::Y4mCamera;
 use crate::capture::{CaptureError, Frame, FrameSource, SourceInfo};
 use crate::clock::MonoTime;
@@ -58,6 +61,7 @@ struct Played {
     count: u64,
     /// Covered frames, `[from, to)` in scenario frame numbers.
     covers: Vec<(u64, u64)>,
+    actors: Vec<Staged>,
     next: u64,
     start: Option<MonoTime>,
     noise: u32,
@@ -74,6 +78,10 @@ impl FrameSource for Played {
         }
         let seq = self.next;
         self.next += 1;
+        let t = (seq as f64 / self.clip.info().fps) as f32;
+        for a in &self.actors {
+            a.paste(frame, t);
+        }
         if self.covers.iter().any(|&(a, b)| (a..b).contains(&seq)) {
             self.cover(frame);
         }
@@ -132,6 +140,7 @@ pub fn watch(
     clips: &Path,
     footage: &Footage,
     covers: &[Cover],
+    actors: &[Actor],
     length_s: f32,
 ) -> anyhow::Result<Vec<Seen>> {
     let path = clips.join(format!("{}.y4m", footage.clip));
@@ -153,6 +162,11 @@ pub fn watch(
         clip,
         count,
         covers: covers.iter().map(|c| (frame_of(c.from_s), frame_of(c.to_s))).collect(),
+        actors: actors
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Staged::load(clips, a).with_context(|| format!("actor[{i}]")))
+            .collect::<anyhow::Result<_>>()?,
         next: 0,
         start: None,
         noise: 0x2545_f491,

@@ -1,6 +1,7 @@
 //! Labelled scenarios: real recordings mixed at given offsets and gains, run through the
 //! detectors the device runs (with a board's rule parameters) and through fusion, and real
-//! footage run through the device's decision loop (see [`footage`]); then scored.
+//! footage run through the device's decision loop (see [`footage`]), with people staged into it
+//! where no footage shows what a rule is for (see [`stage`]); then scored.
 //!
 //! A scenario set is a directory of TOML files (`tests/scenarios/`): `set.toml` says where the
 //! source sounds and clips are (made by scripts/setup) and which board profile's rules to run;
@@ -36,6 +37,7 @@
 //! does not expect. Video alerts reach fusion like audio ones.
 
 pub mod footage;
+pub mod stage;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -81,6 +83,9 @@ pub struct Scenario {
     pub footage: Option<footage::Footage>,
     #[serde(default, rename = "cover")]
     pub covers: Vec<footage::Cover>,
+    /// People staged into the footage (a fall, a collision).
+    #[serde(default, rename = "actor")]
+    pub actors: Vec<stage::Actor>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -399,7 +404,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
                     format!("{}: footage, yet {} names no `clips`", file.display(), set_path.display())
                 })?;
                 footage_s += sc.length_s as f64;
-                footage::watch(&board, clips, f, &sc.covers, sc.length_s)
+                footage::watch(&board, clips, f, &sc.covers, &sc.actors, sc.length_s)
                     .with_context(|| format!("{}: footage", file.display()))?
             }
             None => Vec::new(),
@@ -476,7 +481,13 @@ fn check(sc: &Scenario, judged: &[usize], index: &dyn Fn(&str) -> Option<usize>)
     match &sc.footage {
         None if sc.sources.is_empty() => p.push("source: mix at least one sound, or show footage".into()),
         None if !sc.covers.is_empty() => p.push("cover: covers the lens of [footage]; there is none".into()),
-        Some(f) => p.extend(footage::check(f, &sc.covers, sc.length_s)),
+        None if !sc.actors.is_empty() => p.push("actor: is staged into [footage]; there is none".into()),
+        Some(f) => {
+            p.extend(footage::check(f, &sc.covers, sc.length_s));
+            for (i, a) in sc.actors.iter().enumerate() {
+                p.extend(stage::check(i, a, sc.length_s));
+            }
+        }
         None => {}
     }
     for (i, s) in sc.sources.iter().enumerate() {
