@@ -1,7 +1,8 @@
-//! Staged people, for what the footage here never shows: a player falling, two players
-//! colliding. A person cut from a real photo is pasted into the footage along a scripted path,
-//! upright or turned to lying; the detector, pose model, trackers and rules see the real pixels
-//! of a real person, and only the motion is scripted.
+//! Staged people, for what the footage here never shows: a player falling. A person cut from a
+//! real photo is pasted into the footage along a scripted path, upright or turned to lying; the
+//! detector, pose model, trackers and rules see the real pixels of a real person, and only the
+//! motion is scripted. (Two players staged to collide were tried too: the detector finds
+//! neither while their cut-outs overlap, so a collision cannot be staged this way.)
 //!
 //! ```toml
 //! [[actor]]
@@ -163,8 +164,10 @@ impl Staged {
     pub fn paste(&self, frame: &mut Frame, t: f32) {
         let Some(k) = self.at(t) else { return };
         let (fw, fh) = (frame.width as i32, frame.height as i32);
+        // I420: chroma planes of ceil(w/2) x ceil(h/2).
+        let (cw, ch) = ((fw + 1) / 2, (fh + 1) / 2);
         let (luma, chroma) = frame.data.split_at_mut((fw * fh) as usize);
-        let (u_plane, v_plane) = chroma.split_at_mut(((fw / 2) * (fh / 2)) as usize);
+        let (u_plane, v_plane) = chroma.split_at_mut((cw * ch) as usize);
         let (s, c) = k.angle.to_radians().sin_cos();
         let (hw, hh) = (self.sprite.w as f32 * self.scale / 2.0, self.sprite.h as f32 * self.scale / 2.0);
         // Which sprite pixel lands on frame point (px, py): the rotation undone about the centre.
@@ -188,8 +191,7 @@ impl Staged {
             }
         }
         // Chroma at the centre of each 2x2 block it covers.
-        let cw = fw / 2;
-        for y in ((cy - r) / 2).max(0)..((cy + r) / 2 + 1).min(fh / 2) {
+        for y in ((cy - r) / 2).max(0)..((cy + r) / 2 + 1).min(ch) {
             for x in ((cx - r) / 2).max(0)..((cx + r) / 2 + 1).min(cw) {
                 if let Some(p) = source(2.0 * x as f32 + 0.5, 2.0 * y as f32 + 0.5) {
                     u_plane[(y * cw + x) as usize] = p[1];
@@ -253,6 +255,21 @@ mod tests {
         staged(4, 10, vec![key(0.0, 20.0, 20.0, -90.0)]).paste(&mut f, 0.0);
         let (w, h) = covered(&f);
         assert!((9..=11).contains(&w) && (3..=5).contains(&h), "{w}x{h}");
+    }
+
+    #[test]
+    fn odd_frames_and_edges_are_pasted_within_the_planes() {
+        // 41x41 I420: chroma planes of 21x21. An actor over the bottom-right corner reaches the
+        // last chroma row and column and nothing past them.
+        let mut f = Frame::new(41, 41, PixelFormat::I420);
+        f.data.fill(0);
+        staged(6, 6, vec![key(0.0, 40.0, 40.0, 30.0)]).paste(&mut f, 0.0);
+        let (luma, chroma) = (41 * 41, 21 * 21);
+        assert_eq!(f.data.len(), luma + 2 * chroma);
+        assert_ne!(f.data[luma - 1], 0, "last luma pixel");
+        assert_eq!(f.data[luma + chroma - 1], 90, "last U");
+        assert_eq!(f.data[luma + 2 * chroma - 1], 240, "last V");
+        assert_eq!(f.data[luma + chroma], 0, "V's first pixel, far from the actor");
     }
 
     #[test]
