@@ -155,6 +155,8 @@ impl Preprocessor {
             Err(e) => {
                 tracing::error!("GPU preprocessing failed, continuing on the CPU: {e}");
                 self.gpu = None;
+                // It may have left the input half written: the CPU writes it all once more.
+                self.bars_in_place = false;
                 Some(input)
             }
         }
