@@ -21,7 +21,7 @@ use crate::infer::detector::Detector;
 use crate::infer::pose::PoseEstimator;
 use crate::infer::select::{LatencyProfile, Measurement, VariantKey, PROFILE_FILE, PROFILE_SCHEMA};
 use crate::pipeline::{self, RunOptions};
-use crate::telemetry::{StageStats, StageSummary, Summary};
+use crate::telemetry::{StageStats, StageSummary};
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -217,12 +217,9 @@ fn ms(us: u32) -> f64 {
     us as f64 / 1000.0
 }
 
-fn frame_to_out(s: &Summary) -> StageSummary {
-    s.stages
-        .iter()
-        .find(|st| st.stage == "frame->out")
-        .cloned()
-        .unwrap_or_else(|| StageStats::new("").summary())
+/// The stage called `name`, or an empty one.
+fn stage(stages: &[StageSummary], name: &str) -> StageSummary {
+    stages.iter().find(|st| st.stage == name).cloned().unwrap_or_else(|| StageStats::new("").summary())
 }
 
 /// Runs `step` on each frame; `step` prepares the input untimed and returns the timed part.
@@ -267,15 +264,15 @@ fn read_frames(board: &Board, n: u64) -> anyhow::Result<Vec<Frame>> {
 
 /// Bare inference of every model and backend but the one the loop is compared with (the
 /// detector on the board's backend, measured between the loop's segments instead).
-fn bare_others(board: &Board, n: u64) -> anyhow::Result<Vec<Bare>> {
+fn bare_others(board: &Board, clip: &[Frame]) -> anyhow::Result<Vec<Bare>> {
+    let n = clip.len() as u64;
     let mut backends = vec![];
     if cfg!(feature = "ort") {
-        backends.push((Backend::Ort, n.min(200)));
+        backends.push((Backend::Ort, n));
     }
     if cfg!(feature = "tract") {
         backends.push((Backend::Tract, n.min(50)));
     }
-    let clip = read_frames(board, n.min(200))?;
     let (w, h) = (clip[0].width, clip[0].height);
     let mut out = vec![];
     for (backend, count) in backends {
@@ -331,13 +328,13 @@ fn warm_up(det: &mut Detector, frame: &Frame) -> anyhow::Result<()> {
 fn throughput(
     board: &Board,
     opts: &BenchOptions,
+    clip: &[Frame],
     stop: &'static AtomicBool,
 ) -> anyhow::Result<(Bare, Pipeline)> {
     let n = opts.frames.max(1);
     let parts = opts.segments.clamp(1, n);
-    let per_bare = read_frames(board, n.div_ceil(parts).min(200))?;
-    anyhow::ensure!(!per_bare.is_empty(), "the clip has no frames");
-    let mut bares = vec![bare_detector(board, &per_bare).context("bare detector")?];
+    let per_bare = &clip[..clip.len().min(n.div_ceil(parts) as usize)];
+    let mut bares = vec![bare_detector(board, per_bare).context("bare detector")?];
     let mut runs = Vec::new();
     let mut segments = Vec::new();
     for i in 0..parts {
@@ -345,7 +342,7 @@ fn throughput(
         let run_opts = RunOptions { max_frames: Some(to - from), from_frame: from, ..RunOptions::default() };
         let s = pipeline::run(board, &run_opts, stop)
             .with_context(|| format!("pipeline, unpaced, frames {from}..{to}"))?;
-        bares.push(bare_detector(board, &per_bare).context("bare detector")?);
+        bares.push(bare_detector(board, per_bare).context("bare detector")?);
         let around = (bares[bares.len() - 2].0 + bares[bares.len() - 1].0) / 2.0;
         segments.push(Segment {
             from_frame: from,
@@ -373,17 +370,9 @@ fn throughput(
     let stage_names: Vec<&'static str> = runs[0].stages.iter().map(|st| st.stage).collect();
     let stages: Vec<StageSummary> = stage_names
         .iter()
-        .map(|&name| {
-            let of: Vec<StageSummary> =
-                runs.iter().filter_map(|s| s.stages.iter().find(|st| st.stage == name).cloned()).collect();
-            merge_stages(of)
-        })
+        .map(|&name| merge_stages(runs.iter().map(|s| stage(&s.stages, name)).collect()))
         .collect();
-    let t = stages
-        .iter()
-        .find(|st| st.stage == "frame->out")
-        .cloned()
-        .unwrap_or_else(|| StageStats::new("").summary());
+    let t = stage(&stages, "frame->out");
     let pipeline = Pipeline {
         fps: frames as f64 / seconds.max(1e-9),
         frames,
@@ -431,7 +420,7 @@ fn paced(board: &Board, opts: &BenchOptions, stop: &'static AtomicBool) -> anyho
         ..RunOptions::default()
     };
     let p = pipeline::run(board, &paced_opts, stop).context("pipeline, paced")?;
-    let t = frame_to_out(&p);
+    let t = stage(&p.stages, "frame->out");
     Ok(Paced {
         fps_in,
         frames: p.frames + p.dropped_frames,
@@ -457,9 +446,12 @@ pub fn run(
     let (variants, variants_file) = profile_variants(board).context("detector variants")?;
     let (mut bare, mut pipeline) = (Vec::new(), None);
     if opts.mode != Mode::Paced {
-        let (compared, p) = throughput(board, opts, stop)?;
+        // The first frames of the clip, for every bare run.
+        let clip = read_frames(board, opts.frames.clamp(1, 200))?;
+        anyhow::ensure!(!clip.is_empty(), "the clip has no frames");
+        let (compared, p) = throughput(board, opts, &clip, stop)?;
         bare.push(compared);
-        bare.extend(bare_others(board, opts.frames).context("bare inference")?);
+        bare.extend(bare_others(board, &clip).context("bare inference")?);
         pipeline = Some(p);
     }
     let paced = if opts.mode != Mode::Throughput { Some(paced(board, opts, stop)?) } else { None };

@@ -78,16 +78,16 @@ impl FrameSource for Played {
         }
         let seq = self.next;
         self.next += 1;
-        let t = (seq as f64 / self.clip.info().fps) as f32;
+        let secs = seq as f64 / self.clip.info().fps;
         for a in &self.actors {
-            a.paste(frame, t);
+            a.paste(frame, secs as f32);
         }
         if self.covers.iter().any(|&(a, b)| (a..b).contains(&seq)) {
             self.cover(frame);
         }
         let start = *self.start.get_or_insert_with(MonoTime::now);
         frame.seq = seq;
-        frame.ts = start.plus(std::time::Duration::from_secs_f64(seq as f64 / self.clip.info().fps));
+        frame.ts = start.plus(std::time::Duration::from_secs_f64(secs));
         Ok(true)
     }
 }
