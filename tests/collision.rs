@@ -107,7 +107,7 @@ fn play(board: &Board, rule: &str, frames: u32) -> (Alerts, [u32; 2]) {
         let ts = MonoTime::from_nanos(1_000_000_000).plus(Duration::from_millis(i as u64 * 100));
         alerts.clear();
         rules.evaluate(
-            &Scene { seq: i as u64, ts, objects: &objects, poses: Some(&tracked), luma: None },
+            &Scene { seq: i as u64, ts, objects: &objects, carried: &[], poses: Some(&tracked), luma: None },
             &mut alerts,
         );
         out.extend(alerts.iter().filter(|a| a.rule == index).map(|a| (i, a.state, a.track, a.at)));

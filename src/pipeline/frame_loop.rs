@@ -156,6 +156,7 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     let mut pose_boxes: Vec<(BBox, f32)> = Vec::with_capacity(8);
     let mut ids: Vec<u32> = Vec::with_capacity(128);
     let mut objects: Vec<Tracked> = Vec::with_capacity(128);
+    let mut carried: Vec<Tracked> = Vec::with_capacity(128);
     let mut tracked_poses: Vec<TrackedPose> = Vec::with_capacity(8);
     let mut alerts: Vec<Alert> = Vec::with_capacity(16);
     let b = &cfg.stage_budget_ms;
@@ -258,20 +259,16 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
                 st_pose.record(t3.since(t2));
             }
 
-            // 5. track: one tracker per class, one for poses. Low-score detections only carry
-            // tracks (id 0): the rules see the detections at or above the class threshold.
+            // 5. track: one tracker per class, one for poses. The rules see the detections at
+            // or above the class threshold; low-score ones only carry tracks (`carried`).
             objects.clear();
+            carried.clear();
             for (class, tracker, boxes) in &mut class_trackers {
                 boxes.clear();
                 boxes.extend(dets.iter().filter(|d| d.class == *class).map(|d| (d.bbox, d.score)));
                 tracker.update(boxes, &mut ids);
-                let of_class = dets.iter().filter(|d| d.class == *class).zip(&ids);
-                objects.extend(of_class.filter(|(_, &track)| track != 0).map(|(d, &track)| Tracked {
-                    track,
-                    class: d.class,
-                    score: d.score,
-                    bbox: d.bbox,
-                }));
+                objects.extend(named(&dets, *class, &ids));
+                carried.extend(named(&dets, *class, tracker.carried()));
             }
             tracked_poses.clear();
             if plan.run_pose {
@@ -285,7 +282,8 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
             // 6. rules: every decided frame, at every level.
             alerts.clear();
             let poses_seen = plan.run_pose.then_some(&tracked_poses[..]);
-            let scene = Scene { seq, ts, objects: &objects, poses: poses_seen, luma: Some(luma) };
+            let scene =
+                Scene { seq, ts, objects: &objects, carried: &carried, poses: poses_seen, luma: Some(luma) };
             rules.evaluate(&scene, &mut alerts);
             let t4 = MonoTime::now();
             st_rules.record(t4.since(t3));
@@ -484,6 +482,18 @@ const RECENT_ALERTS: usize = 1024;
 /// player under a new track id.
 const SAME_PLAYER_PX: f32 = 48.0;
 const SAME_PLAYER_WINDOW: Duration = Duration::from_secs(60);
+
+/// The detections of `class` that `ids` (one per detection of that class) names, as tracked
+/// objects.
+fn named<'a>(dets: &'a [Detection], class: u16, ids: &'a [u32]) -> impl Iterator<Item = Tracked> + 'a {
+    let of_class = dets.iter().filter(move |d| d.class == class).zip(ids);
+    of_class.filter(|(_, &track)| track != 0).map(|(d, &track)| Tracked {
+        track,
+        class: d.class,
+        score: d.score,
+        bbox: d.bbox,
+    })
+}
 
 /// The open player-down alert a new one probably repeats: a player lying still is easily lost
 /// by the tracker and found again under a new id. The new alert is still raised (two players

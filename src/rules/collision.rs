@@ -6,7 +6,9 @@
 //! frame means nothing (people cross, stand together, crowd the ball), so the rule works on
 //! tracks and what they did over the last moments:
 //!
-//! 1. every person track keeps a short history of its box centre (a fixed ring of samples);
+//! 1. every person track keeps a short history of its box centre (a fixed ring of samples).
+//!    Tracks carried by a low-score detection ([`Scene::carried`]) count as seen: at contact
+//!    one player half hides the other, whose score drops under the detector's threshold;
 //! 2. two tracks are in **contact** when their boxes overlap: intersection over the smaller
 //!    box at least `min_overlap`. Contact while the distance between the two box centres
 //!    shrank faster than `min_closing_speed` over the last `speed_window_s` is an **impact**,
@@ -20,8 +22,11 @@
 //!    ([`fallen_box`]). With `require_down = false` (no pose model) the impact alone raises it,
 //!    once the pair has been in contact `min_frames` frames. The tracker often loses a player
 //!    at the clash or as they go down (boxes merge, then change shape fast) and starts a new
-//!    track where they lie: a track born after a member was last seen, over its last box,
-//!    takes that member's place in the pair;
+//!    track where they lie: a track born after a member was last seen, over its last box or
+//!    lying across where they stood, takes that member's place in the pair. The detector often
+//!    finds nobody at all where a player lies (COCO has few lying people) while the pose model
+//!    does: a pose that matches no person box is followed too, and may take the place of a
+//!    member the detector lost;
 //! 4. it clears when both are up again, and apart, for `min_frames` frames, or when the player
 //!    who went down has not been seen for `clear_after_s`. The same pair cannot raise it again
 //!    within `cooldown_s` of a raise.
@@ -58,6 +63,11 @@ pub const MAX_SPEED_WINDOW_S: f32 = 1.0;
 const POSE_MEMORY: Duration = Duration::from_secs(1);
 /// Overlap of a pose's box with a track's box for the pose to be that person's.
 const POSE_MATCH_IOU: f32 = 0.5;
+/// Marks the ids of people only pose sees (pose tracks, a separate id space) in `tracks`.
+const POSE_ONLY: u32 = 1 << 31;
+/// How far (in standing heights) a lying box may be from where a player stood and still be
+/// that player fallen.
+const FALL_REACH: f32 = 0.25;
 
 /// Whether a player is down on this frame.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -151,6 +161,9 @@ struct Pair {
     /// In either order; a member lost by the tracker is replaced by the track that takes
     /// over where it was (see [`successor`]).
     tracks: [u32; 2],
+    /// The ids alerts carry: `tracks`, except that a member followed by pose alone keeps
+    /// the id of the last person track it had.
+    ids: [u32; 2],
     /// Point of contact of the last impact, in frame pixels.
     at: Point,
     phase: Phase,
@@ -208,7 +221,8 @@ impl CollisionRule {
 
     pub fn evaluate(&mut self, scene: &Scene<'_>, alerts: &mut Vec<Alert>) {
         let ts = scene.ts;
-        let people = || scene.objects.iter().filter(|o| o.class == coco::PERSON);
+        // Players half hidden behind each other at a clash score low: the tracks they carry count.
+        let people = || scene.objects.iter().chain(scene.carried).filter(|o| o.class == coco::PERSON);
 
         // 1. each person: history, box, and whether they are down.
         for o in people() {
@@ -233,6 +247,23 @@ impl CollisionRule {
                     Some(_) => Verdict::Up,
                     None => Verdict::Unknown,
                 },
+            };
+        }
+
+        // 1b. people only pose sees: what a member the detector lost may have become.
+        for tp in scene.poses.unwrap_or_default() {
+            if people().any(|o| tp.pose.bbox.iou(&o.bbox) >= POSE_MATCH_IOU) {
+                continue;
+            }
+            let t = self.tracks.get(POSE_ONLY | tp.track, ts);
+            t.push(ts, tp.pose.bbox.center());
+            t.bbox = tp.pose.bbox;
+            t.seen = ts;
+            t.pose_at = Some(ts);
+            t.verdict = match posture(&tp.pose, &self.limits) {
+                Posture::Down { .. } => Verdict::Down,
+                Posture::Up => Verdict::Up,
+                Posture::Unknown => Verdict::Unknown,
             };
         }
 
@@ -271,7 +302,7 @@ impl CollisionRule {
                 };
                 let last_raised = self.pairs[i].and_then(|p| p.last_raised);
                 let phase = Phase::Armed { since: ts, down: [0, 0], contact: 0 };
-                self.pairs[i] = Some(Pair { tracks: key, at, phase, contact: true, last_raised });
+                self.pairs[i] = Some(Pair { tracks: key, ids: key, at, phase, contact: true, last_raised });
                 self.tracks.get(a.track, ts).standing = Some(a.bbox);
                 self.tracks.get(b.track, ts).standing = Some(b.bbox);
             }
@@ -284,6 +315,9 @@ impl CollisionRule {
                 for k in 0..2 {
                     if let Some((id, standing)) = successor(&self.tracks, scene, p.tracks, k) {
                         p.tracks[k] = id;
+                        if id & POSE_ONLY == 0 {
+                            p.ids[k] = id;
+                        }
                         self.tracks.get(id, ts).standing = standing;
                     }
                 }
@@ -323,7 +357,7 @@ impl CollisionRule {
                         None
                     };
                     if let Some(who) = raise {
-                        let track = p.tracks[who];
+                        let track = p.ids[who];
                         p.phase = Phase::Raised { track, who, up: 0 };
                         p.last_raised = Some(ts);
                         alerts.push(Alert { rule: self.index, state: AlertState::Raised, track, at: p.at });
@@ -371,8 +405,10 @@ impl CollisionRule {
 
 /// The track that took over from member `k` of a pair, with that member's standing box: the
 /// tracker loses people at collisions and falls (boxes that merge, then change shape fast) and
-/// starts a new track where they lie. A person track born after member `k` was last seen, and
-/// covering at least half of its last box or being half covered by it, is taken for it.
+/// starts a new track where they lie, or only pose finds them lying. A person track or a pose
+/// of nobody the detector sees, born after member `k` was last seen, and either covering at
+/// least half of its last box (or half covered by it), or lying across where it stood, or
+/// standing where it lay ([`fell_from`]), is taken for it.
 fn successor(
     tracks: &TrackStates<Track>,
     scene: &Scene<'_>,
@@ -383,15 +419,30 @@ fn successor(
     if lost.seen == scene.ts {
         return None;
     }
-    scene
-        .objects
-        .iter()
-        .filter(|o| o.class == coco::PERSON && !pair.contains(&o.track))
-        .filter(|o| tracks.peek(o.track).is_some_and(|t| t.born > lost.seen))
-        .map(|o| (o.track, contact(&lost.bbox, &o.bbox).0))
-        .filter(|&(_, overlap)| overlap >= 0.5)
+    let people = scene.objects.iter().chain(scene.carried);
+    let people = people.filter(|o| o.class == coco::PERSON).map(|o| (o.track, o.bbox));
+    let posed = scene.poses.unwrap_or_default().iter().map(|p| (POSE_ONLY | p.track, p.pose.bbox));
+    people
+        .chain(posed)
+        .filter(|(id, _)| !pair.contains(id))
+        .filter(|(id, _)| tracks.peek(*id).is_some_and(|t| t.born > lost.seen && t.seen == scene.ts))
+        .map(|(id, b)| (id, contact(&lost.bbox, &b).0, b))
+        .filter(|&(_, overlap, b)| overlap >= 0.5 || fell_from(&lost.bbox, &b) || fell_from(&b, &lost.bbox))
         .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(id, _)| (id, lost.standing))
+        .map(|(id, _, _)| (id, lost.standing))
+}
+
+/// Whether `now` could be the person last seen standing in `last`, fallen: a box wider than
+/// tall, over the point where they stood (the bottom of `last`, give or take a quarter of
+/// their height), and no longer than they are tall, give or take half.
+fn fell_from(last: &BBox, now: &BBox) -> bool {
+    let h = last.height();
+    let lying = now.width() > now.height() && (0.5 * h..=1.5 * h).contains(&now.width());
+    if !(h > 0.0 && lying) {
+        return false;
+    }
+    let (x, y, r) = (last.center().x, last.y2, FALL_REACH * h);
+    (now.x1 - r..=now.x2 + r).contains(&x) && (now.y1 - r..=now.y2 + r).contains(&y)
 }
 
 /// A free place in the pair table: an empty one, else the idle pair raised longest ago.
@@ -573,8 +624,7 @@ mod tests {
         people: impl Fn(u32) -> Vec<Tracked>,
         poses: impl Fn(u32, u32) -> Option<bool>,
     ) -> Alerts {
-        let mut out = vec![];
-        for i in frames {
+        play_scenes(r, frames, |i| {
             let objs = people(i);
             let ps: Vec<TrackedPose> = objs
                 .iter()
@@ -582,11 +632,26 @@ mod tests {
                     poses(i, o.track).map(|d| TrackedPose { track: 100 + o.track, pose: pose(o.bbox, d) })
                 })
                 .collect();
+            (objs, vec![], ps)
+        })
+    }
+
+    /// Plays 10 fps frames of `scene(frame)`: people reported, people carried by low-score
+    /// detections, and poses (none: pose did not run).
+    fn play_scenes(
+        r: &mut CollisionRule,
+        frames: std::ops::Range<u32>,
+        scene: impl Fn(u32) -> (Vec<Tracked>, Vec<Tracked>, Vec<TrackedPose>),
+    ) -> Alerts {
+        let mut out = vec![];
+        for i in frames {
+            let (objs, carried, ps) = scene(i);
             let mut alerts = vec![];
             let scene = Scene {
                 seq: i as u64,
                 ts: MonoTime::from_nanos(5_000_000_000 + i as u64 * 100_000_000),
                 objects: &objs,
+                carried: &carried,
                 poses: (!ps.is_empty()).then_some(&ps[..]),
                 luma: None,
             };
@@ -858,6 +923,80 @@ mod tests {
         let a = play(&mut r, 20..200, crowd);
         assert!(!a.is_empty(), "a jostling crowd makes contacts at speed");
         assert_eq!(r.tracks.items.capacity(), cap, "no growth after the busiest frame");
+    }
+
+    #[test]
+    fn a_player_only_pose_sees_lying_is_followed_after_the_detector_loses_them() {
+        // From frame 15 the detector finds nobody where player 2 lies (lying people score low);
+        // the pose model finds them, lying across where they stood, then standing from 40.
+        let scene = |i: u32| {
+            let mut v = clash(i, 100.0, 300.0, 400.0, Some(40));
+            let mut ps = vec![TrackedPose { track: 101, pose: pose(v[0].bbox, false) }];
+            if (15..40).contains(&i) {
+                let lying = lying(2, 340.0, 400.0, 100.0).bbox;
+                ps.push(TrackedPose { track: 57, pose: pose(lying, true) });
+                v.pop();
+            } else if i >= 40 {
+                // Up again where they lay, found again under a new id.
+                v[1] = standing(8, 300.0, 400.0, 100.0);
+                ps.push(TrackedPose { track: 57, pose: pose(v[1].bbox, false) });
+            }
+            (v, vec![], ps)
+        };
+        let mut r = rule(true, 30.0);
+        let a = play_scenes(&mut r, 0..60, scene);
+        // The alert carries the player's last person track id, not the pose's.
+        assert_eq!(states(&a), vec![(16, AlertState::Raised, 2), (41, AlertState::Cleared, 2)], "{a:?}");
+
+        // A pose lying somewhere else is not them: the pair waits, then gives up.
+        let mut r = rule(true, 30.0);
+        let a = play_scenes(&mut r, 0..60, |i| {
+            let (v, c, mut ps) = scene(i);
+            for p in ps.iter_mut().filter(|p| p.track == 57) {
+                p.pose.bbox.x1 += 300.0;
+                p.pose.bbox.x2 += 300.0;
+            }
+            (v, c, ps)
+        });
+        assert!(a.is_empty(), "{a:?}");
+    }
+
+    #[test]
+    fn players_half_hidden_at_the_clash_make_contact_through_the_tracks_they_carry() {
+        // At the clash (frames 9..=12) both players score under the detector's threshold:
+        // their tracks are carried by low-score detections, not reported.
+        let hidden = |i: u32| (9..=12).contains(&i);
+        let mut r = rule(true, 30.0);
+        let a = play_scenes(&mut r, 0..40, |i| {
+            let v = clash(i, 100.0, 300.0, 400.0, None);
+            if hidden(i) {
+                (vec![], v, vec![])
+            } else {
+                (v, vec![], vec![])
+            }
+        });
+        assert_eq!(states(&a), vec![(16, AlertState::Raised, 2)], "{a:?}");
+        // Without them the impact goes unseen: by frame 13 the two stand locked, not closing.
+        let mut r = rule(true, 30.0);
+        let a = play_scenes(&mut r, 0..40, |i| {
+            let v = clash(i, 100.0, 300.0, 400.0, None);
+            (if hidden(i) { vec![] } else { v }, vec![], vec![])
+        });
+        assert!(a.is_empty(), "{a:?}");
+    }
+
+    #[test]
+    fn a_fall_lies_across_where_the_player_stood() {
+        let stood = BBox { x1: 80.0, y1: 300.0, x2: 120.0, y2: 400.0 };
+        let across = |x1: f32, y1: f32, w: f32, h: f32| BBox { x1, y1, x2: x1 + w, y2: y1 + h };
+        assert!(fell_from(&stood, &across(100.0, 360.0, 100.0, 40.0)), "fell backwards");
+        assert!(fell_from(&stood, &across(0.0, 360.0, 100.0, 40.0)), "fell forwards");
+        assert!(fell_from(&stood, &across(110.0, 375.0, 100.0, 45.0)), "and slid a little");
+        assert!(!fell_from(&stood, &across(160.0, 360.0, 100.0, 40.0)), "lying further off");
+        assert!(!fell_from(&stood, &across(100.0, 200.0, 100.0, 40.0)), "lying higher up the picture");
+        assert!(!fell_from(&stood, &across(100.0, 300.0, 40.0, 100.0)), "standing");
+        assert!(!fell_from(&stood, &across(0.0, 360.0, 300.0, 40.0)), "three times their height");
+        assert!(!fell_from(&BBox::default(), &across(100.0, 360.0, 100.0, 40.0)));
     }
 
     #[test]

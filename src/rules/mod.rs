@@ -41,6 +41,10 @@ pub struct Scene<'a> {
     /// Capture time: rules measure durations on it.
     pub ts: MonoTime,
     pub objects: &'a [Tracked],
+    /// Confirmed tracks this frame carried only by a low-score detection (a person half hidden,
+    /// say behind another at a clash): not objects the rules report, but evidence of where a
+    /// followed person is. Only the collision rule reads them.
+    pub carried: &'a [Tracked],
     /// `None` when pose did not run on this frame.
     pub poses: Option<&'a [TrackedPose]>,
     /// How much detail the picture has (`None`: not measured, e.g. in model-only tests).

@@ -117,6 +117,7 @@ mod tests {
             seq: i,
             ts: MonoTime::from_nanos(i * 100_000_000),
             objects: objs,
+            carried: &[],
             poses: None,
             luma: None,
         };

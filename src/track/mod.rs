@@ -210,6 +210,8 @@ pub struct Tracker {
     track_det: Vec<usize>,
     /// Per detection: the matched track index, or NONE.
     det_track: Vec<usize>,
+    /// Per detection: the id of the track a low-score detection carries, else 0.
+    carried: Vec<u32>,
     /// One stage's candidates (indices into tracks / detections) and its result.
     rows: Vec<usize>,
     cols: Vec<usize>,
@@ -227,6 +229,7 @@ impl Tracker {
             assigner: Assigner::with_capacity(CAPACITY, CAPACITY),
             track_det: Vec::with_capacity(CAPACITY),
             det_track: Vec::with_capacity(CAPACITY),
+            carried: Vec::with_capacity(CAPACITY),
             rows: Vec::with_capacity(CAPACITY),
             cols: Vec::with_capacity(CAPACITY),
             row_match: Vec::with_capacity(CAPACITY),
@@ -240,6 +243,13 @@ impl Tracker {
     /// Live tracks, including tentative ones and ones coasting through a miss.
     pub fn tracks(&self) -> &[Track] {
         &self.tracks
+    }
+
+    /// Per detection of the last [`Tracker::update`]: the id of the confirmed track a low-score
+    /// detection carries (a person half hidden, say behind another at a clash), else 0. These
+    /// are not reported; a rule about contact between people may still want to see them.
+    pub fn carried(&self) -> &[u32] {
+        &self.carried
     }
 
     /// Associates this frame's detections, `(box, score)`, with tracks. `ids[i]` is the track id
@@ -273,6 +283,8 @@ impl Tracker {
 
         ids.clear();
         ids.resize(dets.len(), 0);
+        self.carried.clear();
+        self.carried.resize(dets.len(), 0);
         for (ti, t) in self.tracks.iter_mut().enumerate() {
             match self.track_det[ti] {
                 NONE => {
@@ -299,6 +311,8 @@ impl Tracker {
                     t.confirmed |= t.hits >= cfg.min_hits;
                     if cfg.is_high(score) {
                         ids[di] = t.id;
+                    } else {
+                        self.carried[di] = t.id;
                     }
                 }
             }
@@ -478,6 +492,7 @@ mod tests {
             let too_low = (bx(600.0, 300.0), 0.05);
             t.update(&[far_low, (bx(step as f32 * 5.0, 0.0), 0.3), too_low], &mut ids);
             assert_eq!(ids, vec![0, 0, 0], "low-score boxes are not reported");
+            assert_eq!(t.carried(), &[0, id, 0], "only the box that carries the track names it");
             assert_eq!(t.tracks().len(), 1, "and start no track");
             assert!(t.tracks()[0].seen(), "the track is carried by the low-score box");
         }
