@@ -1,8 +1,8 @@
 //! Staged people, for what the footage here never shows: a player falling. A person cut from a
 //! real photo is pasted into the footage along a scripted path, upright or turned to lying; the
 //! detector, pose model, trackers and rules see the real pixels of a real person, and only the
-//! motion is scripted. (Two players staged to collide were tried too: the detector finds
-//! neither while their cut-outs overlap, so a collision cannot be staged this way.)
+//! motion is scripted. Two actors can meet: each cut along the person's `outline`, the one
+//! pasted later is in front, and the one behind shows round him as a real player would.
 //!
 //! ```toml
 //! [[actor]]
@@ -10,6 +10,7 @@
 //! crop = [190, 76, 318, 290] # the person in the photo: x0, y0, x1, y1 in its pixels
 //! scale = 0.8                # pasted size / size in the photo
 //! mirror = false             # flipped left to right (another player from the same photo)
+//! outline = [[81, 92], [73, 98], [46, 148]] # optional, photo pixels: only what lies inside
 //! path = [                   # on screen from the first keyframe to the last; linear between
 //!   { t_s = 1.0, x = 230, y = 420 },              # the person's centre, in frame pixels
 //!   { t_s = 4.0, x = 230, y = 420 },
@@ -35,6 +36,12 @@ pub struct Actor {
     pub scale: f32,
     #[serde(default)]
     pub mirror: bool,
+    /// The person's outline in the photo, `[[x, y], ...]` in its pixels: only what lies inside
+    /// is pasted. Without it the whole crop is, background and all, which is fine for one
+    /// person alone, but two players in contact would each cover the other with a rectangle of
+    /// the photo's wall.
+    #[serde(default)]
+    pub outline: Option<Vec<[f32; 2]>>,
     pub path: Vec<Key>,
 }
 
@@ -62,6 +69,11 @@ pub fn check(i: usize, a: &Actor, length_s: f32) -> Vec<String> {
     if !(a.scale > 0.0 && a.scale <= 4.0) {
         p.push(format!("actor[{i}].scale: {} is outside (0, 4]", a.scale));
     }
+    if let Some(o) = &a.outline {
+        if o.len() < 3 || !o.iter().flatten().all(|v| v.is_finite()) {
+            p.push(format!("actor[{i}].outline: needs at least 3 points [x, y], numbers"));
+        }
+    }
     if a.path.is_empty() {
         p.push(format!("actor[{i}].path: needs at least one keyframe"));
     }
@@ -82,15 +94,15 @@ pub fn check(i: usize, a: &Actor, length_s: f32) -> Vec<String> {
 }
 
 /// The person cut out of the photo, in the frame's colour space (BT.601 limited range, as the
-/// clip and cameras deliver), one Y, U and V per photo pixel.
+/// clip and cameras deliver), one Y, U and V per photo pixel; `None` outside the outline.
 struct Sprite {
     w: u32,
     h: u32,
-    yuv: Vec<[u8; 3]>,
+    yuv: Vec<Option<[u8; 3]>>,
 }
 
 impl Sprite {
-    fn load(path: &Path, crop: [u32; 4]) -> anyhow::Result<Self> {
+    fn load(path: &Path, crop: [u32; 4], outline: Option<&[[f32; 2]]>) -> anyhow::Result<Self> {
         let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
         decoder.set_transformations(png::Transformations::normalize_to_color8());
@@ -115,11 +127,26 @@ impl Sprite {
                     1 | 2 => (px[0], px[0], px[0]),
                     _ => (px[0], px[1], px[2]),
                 };
-                yuv.push(to_yuv(r as f32, g as f32, b as f32));
+                let inside = outline.is_none_or(|o| inside(o, x as f32 + 0.5, y as f32 + 0.5));
+                yuv.push(inside.then(|| to_yuv(r as f32, g as f32, b as f32)));
             }
         }
         Ok(Self { w: x1 - x0, h: y1 - y0, yuv })
     }
+}
+
+/// Whether point (x, y) lies inside `polygon` (even-odd rule).
+fn inside(polygon: &[[f32; 2]], x: f32, y: f32) -> bool {
+    let mut inside = false;
+    let mut j = polygon.len().wrapping_sub(1);
+    for (i, &[xi, yi]) in polygon.iter().enumerate() {
+        let [xj, yj] = polygon[j];
+        if (yi > y) != (yj > y) && x < xj + (y - yj) / (yi - yj) * (xi - xj) {
+            inside = !inside;
+        }
+        j = i;
+    }
+    inside
 }
 
 fn to_yuv(r: f32, g: f32, b: f32) -> [u8; 3] {
@@ -142,7 +169,7 @@ pub struct Staged {
 impl Staged {
     pub fn load(clips: &Path, a: &Actor) -> anyhow::Result<Self> {
         let path = clips.join(format!("{}.png", a.photo));
-        let sprite = Sprite::load(&path, a.crop)?;
+        let sprite = Sprite::load(&path, a.crop, a.outline.as_deref())?;
         Ok(Self { sprite, scale: a.scale, mirror: a.mirror, path: a.path.clone() })
     }
 
@@ -179,7 +206,7 @@ impl Staged {
                 return None;
             }
             let sx = if self.mirror { self.sprite.w - 1 - sx as u32 } else { sx as u32 };
-            Some(self.sprite.yuv[(sy as u32 * self.sprite.w + sx) as usize])
+            self.sprite.yuv[(sy as u32 * self.sprite.w + sx) as usize]
         };
         let r = (hw * hw + hh * hh).sqrt().ceil() as i32 + 1;
         let (cx, cy) = (k.x.round() as i32, k.y.round() as i32);
@@ -208,7 +235,7 @@ mod tests {
     use crate::capture::PixelFormat;
 
     fn staged(w: u32, h: u32, path: Vec<Key>) -> Staged {
-        let yuv = (0..w * h).map(|i| [(i % 200) as u8 + 16, 90, 240]).collect();
+        let yuv = (0..w * h).map(|i| Some([(i % 200) as u8 + 16, 90, 240])).collect();
         Staged { sprite: Sprite { w, h, yuv }, scale: 1.0, mirror: false, path }
     }
 
@@ -273,18 +300,48 @@ mod tests {
     }
 
     #[test]
+    fn only_what_lies_inside_the_outline_is_pasted() {
+        // A diamond inside a 10x10 sprite: its corners stay as the frame was.
+        let diamond = [[5.0, 0.0], [10.0, 5.0], [5.0, 10.0], [0.0, 5.0]];
+        assert!(inside(&diamond, 5.0, 5.0) && inside(&diamond, 2.5, 5.5));
+        assert!(!inside(&diamond, 0.5, 0.5) && !inside(&diamond, 9.5, 9.5) && !inside(&diamond, 11.0, 5.0));
+        let yuv = (0..100)
+            .map(|i| inside(&diamond, (i % 10) as f32 + 0.5, (i / 10) as f32 + 0.5).then_some([200, 90, 240]))
+            .collect();
+        let a = Staged {
+            sprite: Sprite { w: 10, h: 10, yuv },
+            scale: 1.0,
+            mirror: false,
+            path: vec![key(0.0, 5.0, 5.0, 0.0)],
+        };
+        let mut f = Frame::new(10, 10, PixelFormat::I420);
+        f.data.fill(16);
+        a.paste(&mut f, 0.0);
+        assert_eq!((f.data[0], f.data[99]), (16, 16), "corners untouched");
+        assert_eq!(f.data[5 * 10 + 5], 200, "centre pasted");
+        let pasted = f.data[..100].iter().filter(|&&v| v == 200).count();
+        assert!((40..=60).contains(&pasted), "about half the square: {pasted}");
+    }
+
+    #[test]
     fn bad_actor_fields_are_named() {
         let a = Actor {
             photo: "../x".into(),
             crop: [5, 0, 5, 10],
             scale: 0.0,
             mirror: false,
+            outline: Some(vec![[0.0, 0.0], [1.0, f32::INFINITY]]),
             path: vec![key(2.0, 0.0, 0.0, 0.0), key(1.0, 0.0, 0.0, f32::NAN)],
         };
         let p = check(3, &a, 10.0).join("\n");
-        for field in
-            ["actor[3].photo", "actor[3].crop", "actor[3].scale", "actor[3].path[1].t_s", "actor[3].path[1]:"]
-        {
+        for field in [
+            "actor[3].photo",
+            "actor[3].crop",
+            "actor[3].scale",
+            "actor[3].outline",
+            "actor[3].path[1].t_s",
+            "actor[3].path[1]:",
+        ] {
             assert!(p.contains(field), "{field} not named in:\n{p}");
         }
         let ok = Actor {
@@ -292,6 +349,7 @@ mod tests {
             crop: [0, 0, 2, 2],
             scale: 1.0,
             mirror: true,
+            outline: Some(vec![[0.0, 0.0], [2.0, 0.0], [1.0, 2.0]]),
             path: vec![key(0.0, 1.0, 1.0, 0.0)],
         };
         assert!(check(0, &ok, 10.0).is_empty());
