@@ -151,7 +151,15 @@ impl Rig {
             alerts.clear();
             let ts = MonoTime::from_nanos(1_000_000_000).plus(Duration::from_millis(i as u64 * 100));
             rules.evaluate(
-                &Scene { seq: i as u64, ts, objects: &[], carried: &[], poses: Some(&tracked), luma: None },
+                &Scene {
+                    seq: i as u64,
+                    ts,
+                    objects: &[],
+                    carried: &[],
+                    coasting: &[],
+                    poses: Some(&tracked),
+                    luma: None,
+                },
                 &mut alerts,
             );
             out.extend(alerts.iter().map(|a| (t, a.state)));

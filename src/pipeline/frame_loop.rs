@@ -157,6 +157,7 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
     let mut ids: Vec<u32> = Vec::with_capacity(128);
     let mut objects: Vec<Tracked> = Vec::with_capacity(128);
     let mut carried: Vec<Tracked> = Vec::with_capacity(128);
+    let mut coasting: Vec<Tracked> = Vec::with_capacity(128);
     let mut tracked_poses: Vec<TrackedPose> = Vec::with_capacity(8);
     let mut alerts: Vec<Alert> = Vec::with_capacity(16);
     let b = &cfg.stage_budget_ms;
@@ -260,15 +261,23 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
             }
 
             // 5. track: one tracker per class, one for poses. The rules see the detections at
-            // or above the class threshold; low-score ones only carry tracks (`carried`).
+            // or above the class threshold; the tracks followed without one go to `carried`
+            // (by a low-score detection) and `coasting` (through a miss).
             objects.clear();
             carried.clear();
+            coasting.clear();
             for (class, tracker, boxes) in &mut class_trackers {
                 boxes.clear();
                 boxes.extend(dets.iter().filter(|d| d.class == *class).map(|d| (d.bbox, d.score)));
                 tracker.update(boxes, &mut ids);
                 objects.extend(named(&dets, *class, &ids));
                 carried.extend(named(&dets, *class, tracker.carried()));
+                coasting.extend(tracker.coasting().map(|t| Tracked {
+                    track: t.id,
+                    class: *class,
+                    score: 0.0,
+                    bbox: t.bbox,
+                }));
             }
             tracked_poses.clear();
             if plan.run_pose {
@@ -282,8 +291,15 @@ pub fn run(parts: Parts, opts: &RunOptions, stop: &'static AtomicBool) -> anyhow
             // 6. rules: every decided frame, at every level.
             alerts.clear();
             let poses_seen = plan.run_pose.then_some(&tracked_poses[..]);
-            let scene =
-                Scene { seq, ts, objects: &objects, carried: &carried, poses: poses_seen, luma: Some(luma) };
+            let scene = Scene {
+                seq,
+                ts,
+                objects: &objects,
+                carried: &carried,
+                coasting: &coasting,
+                poses: poses_seen,
+                luma: Some(luma),
+            };
             rules.evaluate(&scene, &mut alerts);
             let t4 = MonoTime::now();
             st_rules.record(t4.since(t3));

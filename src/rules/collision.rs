@@ -8,7 +8,9 @@
 //!
 //! 1. every person track keeps a short history of its box centre (a fixed ring of samples).
 //!    Tracks carried by a low-score detection ([`Scene::carried`]) count as seen: at contact
-//!    one player half hides the other, whose score drops under the detector's threshold;
+//!    one player half hides the other, whose score drops under the detector's threshold. A
+//!    player wholly hidden for a frame or two ([`Scene::coasting`]) is where the tracker
+//!    predicts them, for contact only;
 //! 2. two tracks are in **contact** when their boxes overlap: intersection over the smaller
 //!    box at least `min_overlap`. Contact while the distance between the two box centres
 //!    shrank faster than `min_closing_speed` over the last `speed_window_s` is an **impact**,
@@ -250,6 +252,13 @@ impl CollisionRule {
             };
         }
 
+        // 1a. people wholly hidden for a frame or two: where the tracker predicts them, for the
+        // closing speed at a contact. Not seen, so nothing is judged of them.
+        let coasting = || scene.coasting.iter().filter(|o| o.class == coco::PERSON);
+        for o in coasting() {
+            self.tracks.get(o.track, ts).push(ts, o.bbox.center());
+        }
+
         // 1b. people only pose sees: what a member the detector lost may have become.
         for tp in scene.poses.unwrap_or_default() {
             if people().any(|o| tp.pose.bbox.iou(&o.bbox) >= POSE_MATCH_IOU) {
@@ -271,8 +280,8 @@ impl CollisionRule {
         for p in self.pairs.iter_mut().flatten() {
             p.contact = false;
         }
-        for (i, a) in people().enumerate() {
-            for b in people().skip(i + 1) {
+        for (i, a) in people().chain(coasting()).enumerate() {
+            for b in people().chain(coasting()).skip(i + 1) {
                 if a.track == b.track {
                     continue;
                 }
@@ -308,8 +317,14 @@ impl CollisionRule {
             }
         }
 
-        // 3. each followed pair: fall, raise, clear, forget.
-        for slot in &mut self.pairs {
+        // 3. each followed pair: fall, raise, clear, forget. The same two people can be
+        // followed as two pairs (one lost and found again under a new id at the clash, while
+        // the old track still coasted into contact): one alert per player who went down.
+        let mut raised = self.pairs.map(|p| match p.map(|p| p.phase) {
+            Some(Phase::Raised { track, .. }) => Some(track),
+            _ => None,
+        });
+        for (i, slot) in self.pairs.iter_mut().enumerate() {
             let Some(p) = slot else { continue };
             if p.phase != Phase::Idle {
                 for k in 0..2 {
@@ -358,9 +373,19 @@ impl CollisionRule {
                     };
                     if let Some(who) = raise {
                         let track = p.ids[who];
-                        p.phase = Phase::Raised { track, who, up: 0 };
                         p.last_raised = Some(ts);
-                        alerts.push(Alert { rule: self.index, state: AlertState::Raised, track, at: p.at });
+                        if raised.contains(&Some(track)) {
+                            p.phase = Phase::Idle;
+                        } else {
+                            p.phase = Phase::Raised { track, who, up: 0 };
+                            raised[i] = Some(track);
+                            alerts.push(Alert {
+                                rule: self.index,
+                                state: AlertState::Raised,
+                                track,
+                                at: p.at,
+                            });
+                        }
                     }
                 }
                 Phase::Raised { track, who, up } => {
@@ -377,6 +402,7 @@ impl CollisionRule {
                     }
                     if gone || *up >= self.min_frames {
                         p.phase = Phase::Idle;
+                        raised[i] = None;
                         alerts.push(Alert { rule: self.index, state: AlertState::Cleared, track, at: p.at });
                     }
                 }
@@ -652,6 +678,7 @@ mod tests {
                 ts: MonoTime::from_nanos(5_000_000_000 + i as u64 * 100_000_000),
                 objects: &objs,
                 carried: &carried,
+                coasting: &[],
                 poses: (!ps.is_empty()).then_some(&ps[..]),
                 luma: None,
             };

@@ -97,7 +97,10 @@ mod tests {
     fn step(r: &mut CrowdingRule, ms: u64, objs: &[Tracked]) -> Vec<Alert> {
         let mut alerts = vec![];
         let ts = MonoTime::from_nanos(ms * 1_000_000);
-        r.evaluate(&Scene { seq: ms, ts, objects: objs, carried: &[], poses: None, luma: None }, &mut alerts);
+        r.evaluate(
+            &Scene { seq: ms, ts, objects: objs, carried: &[], coasting: &[], poses: None, luma: None },
+            &mut alerts,
+        );
         alerts
     }
 

@@ -45,6 +45,10 @@ pub struct Scene<'a> {
     /// say behind another at a clash): not objects the rules report, but evidence of where a
     /// followed person is. Only the collision rule reads them.
     pub carried: &'a [Tracked],
+    /// Confirmed tracks with no detection this frame, for a frame or two, on their predicted
+    /// box ([`crate::track::Tracker::coasting`]): a person wholly hidden. Only the collision
+    /// rule reads them, for contact.
+    pub coasting: &'a [Tracked],
     /// `None` when pose did not run on this frame.
     pub poses: Option<&'a [TrackedPose]>,
     /// How much detail the picture has (`None`: not measured, e.g. in model-only tests).

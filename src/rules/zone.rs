@@ -118,6 +118,7 @@ mod tests {
             ts: MonoTime::from_nanos(i * 100_000_000),
             objects: objs,
             carried: &[],
+            coasting: &[],
             poses: None,
             luma: None,
         };

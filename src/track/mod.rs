@@ -219,6 +219,8 @@ pub struct Tracker {
 }
 
 const CAPACITY: usize = 128;
+/// Misses through which a confirmed track still counts as followed ([`Tracker::coasting`]).
+pub const COAST_FRAMES: u32 = 2;
 
 impl Tracker {
     pub fn new(cfg: TrackerConfig) -> Self {
@@ -250,6 +252,13 @@ impl Tracker {
     /// are not reported; a rule about contact between people may still want to see them.
     pub fn carried(&self) -> &[u32] {
         &self.carried
+    }
+
+    /// Confirmed tracks that found no detection in the last update, for at most
+    /// [`COAST_FRAMES`] frames in a row; their box is the prediction. A player wholly hidden
+    /// behind another at a clash, for a frame or two: not reported, but followed.
+    pub fn coasting(&self) -> impl Iterator<Item = &Track> + '_ {
+        self.tracks.iter().filter(|t| t.confirmed && (1..=COAST_FRAMES).contains(&t.misses))
     }
 
     /// Associates this frame's detections, `(box, score)`, with tracks. `ids[i]` is the track id
@@ -477,6 +486,24 @@ mod tests {
     }
 
     #[test]
+    fn a_confirmed_track_coasts_through_a_few_misses_a_tentative_one_not_at_all() {
+        let mut t = Tracker::new(TrackerConfig { min_hits: 2, ..TrackerConfig::default() });
+        let mut ids = vec![];
+        t.update(&[hi(bx(0.0, 0.0))], &mut ids);
+        t.update(&[hi(bx(2.0, 0.0)), hi(bx(300.0, 0.0))], &mut ids);
+        let id = ids[0];
+        t.update(&[], &mut ids);
+        let coasting: Vec<u32> = t.coasting().map(|k| k.id).collect();
+        assert_eq!(coasting, vec![id], "the tentative track is dropped, not coasting");
+        assert!(t.coasting().all(|k| k.bbox.x1 > 2.0), "on its prediction");
+        t.update(&[], &mut ids);
+        assert_eq!(t.coasting().count(), 1);
+        t.update(&[], &mut ids);
+        assert_eq!(t.coasting().count(), 0, "past COAST_FRAMES: kept, but no longer followed");
+        assert_eq!(t.tracks().len(), 1);
+    }
+
+    #[test]
     fn low_score_detections_carry_a_track_but_are_never_reported_nor_start_one() {
         let cfg =
             TrackerConfig { high_score: 0.45, low_score: 0.1, max_misses: 5, ..TrackerConfig::default() };
@@ -493,6 +520,7 @@ mod tests {
             t.update(&[far_low, (bx(step as f32 * 5.0, 0.0), 0.3), too_low], &mut ids);
             assert_eq!(ids, vec![0, 0, 0], "low-score boxes are not reported");
             assert_eq!(t.carried(), &[0, id, 0], "only the box that carries the track names it");
+            assert_eq!(t.coasting().count(), 0, "carried is not coasting");
             assert_eq!(t.tracks().len(), 1, "and start no track");
             assert!(t.tracks()[0].seen(), "the track is carried by the low-score box");
         }
