@@ -83,7 +83,7 @@ pub struct Scenario {
     pub footage: Option<footage::Footage>,
     #[serde(default, rename = "cover")]
     pub covers: Vec<footage::Cover>,
-    /// People staged into the footage (a fall).
+    /// People staged into the footage (a fall, a collision).
     #[serde(default, rename = "actor")]
     pub actors: Vec<stage::Actor>,
 }

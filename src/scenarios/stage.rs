@@ -1,5 +1,5 @@
-//! Staged people, for what the footage here never shows: a player falling. A person cut from a
-//! real photo is pasted into the footage along a scripted path, upright or turned to lying; the
+//! Staged people, for what the footage here never shows: a player falling, two players
+//! colliding. A person cut from a real photo is pasted into the footage along a scripted path, upright or turned to lying; the
 //! detector, pose model, trackers and rules see the real pixels of a real person, and only the
 //! motion is scripted. Two actors can meet: each cut along the person's `outline`, the one
 //! pasted later is in front, and the one behind shows round him as a real player would.
@@ -25,6 +25,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::capture::Frame;
+use crate::geometry::{Point, Polygon};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,10 +70,8 @@ pub fn check(i: usize, a: &Actor, length_s: f32) -> Vec<String> {
     if !(a.scale > 0.0 && a.scale <= 4.0) {
         p.push(format!("actor[{i}].scale: {} is outside (0, 4]", a.scale));
     }
-    if let Some(o) = &a.outline {
-        if o.len() < 3 || !o.iter().flatten().all(|v| v.is_finite()) {
-            p.push(format!("actor[{i}].outline: needs at least 3 points [x, y], numbers"));
-        }
+    if let Some(Err(e)) = a.outline.as_deref().map(Polygon::new) {
+        p.push(format!("actor[{i}].outline: {e}"));
     }
     if a.path.is_empty() {
         p.push(format!("actor[{i}].path: needs at least one keyframe"));
@@ -102,7 +101,7 @@ struct Sprite {
 }
 
 impl Sprite {
-    fn load(path: &Path, crop: [u32; 4], outline: Option<&[[f32; 2]]>) -> anyhow::Result<Self> {
+    fn load(path: &Path, crop: [u32; 4], outline: Option<&Polygon>) -> anyhow::Result<Self> {
         let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
         decoder.set_transformations(png::Transformations::normalize_to_color8());
@@ -127,26 +126,13 @@ impl Sprite {
                     1 | 2 => (px[0], px[0], px[0]),
                     _ => (px[0], px[1], px[2]),
                 };
-                let inside = outline.is_none_or(|o| inside(o, x as f32 + 0.5, y as f32 + 0.5));
+                let centre = Point { x: x as f32 + 0.5, y: y as f32 + 0.5 };
+                let inside = outline.is_none_or(|o| o.contains(centre));
                 yuv.push(inside.then(|| to_yuv(r as f32, g as f32, b as f32)));
             }
         }
         Ok(Self { w: x1 - x0, h: y1 - y0, yuv })
     }
-}
-
-/// Whether point (x, y) lies inside `polygon` (even-odd rule).
-fn inside(polygon: &[[f32; 2]], x: f32, y: f32) -> bool {
-    let mut inside = false;
-    let mut j = polygon.len().wrapping_sub(1);
-    for (i, &[xi, yi]) in polygon.iter().enumerate() {
-        let [xj, yj] = polygon[j];
-        if (yi > y) != (yj > y) && x < xj + (y - yj) / (yi - yj) * (xi - xj) {
-            inside = !inside;
-        }
-        j = i;
-    }
-    inside
 }
 
 fn to_yuv(r: f32, g: f32, b: f32) -> [u8; 3] {
@@ -169,7 +155,8 @@ pub struct Staged {
 impl Staged {
     pub fn load(clips: &Path, a: &Actor) -> anyhow::Result<Self> {
         let path = clips.join(format!("{}.png", a.photo));
-        let sprite = Sprite::load(&path, a.crop, a.outline.as_deref())?;
+        let outline = a.outline.as_deref().map(Polygon::new).transpose().context("outline")?;
+        let sprite = Sprite::load(&path, a.crop, outline.as_ref())?;
         Ok(Self { sprite, scale: a.scale, mirror: a.mirror, path: a.path.clone() })
     }
 
@@ -302,11 +289,12 @@ mod tests {
     #[test]
     fn only_what_lies_inside_the_outline_is_pasted() {
         // A diamond inside a 10x10 sprite: its corners stay as the frame was.
-        let diamond = [[5.0, 0.0], [10.0, 5.0], [5.0, 10.0], [0.0, 5.0]];
-        assert!(inside(&diamond, 5.0, 5.0) && inside(&diamond, 2.5, 5.5));
-        assert!(!inside(&diamond, 0.5, 0.5) && !inside(&diamond, 9.5, 9.5) && !inside(&diamond, 11.0, 5.0));
+        let diamond = Polygon::new(&[[5.0, 0.0], [10.0, 5.0], [5.0, 10.0], [0.0, 5.0]]).unwrap();
+        let inside = |x: f32, y: f32| diamond.contains(Point { x, y });
+        assert!(inside(5.0, 5.0) && inside(2.5, 5.5));
+        assert!(!inside(0.5, 0.5) && !inside(9.5, 9.5) && !inside(11.0, 5.0));
         let yuv = (0..100)
-            .map(|i| inside(&diamond, (i % 10) as f32 + 0.5, (i / 10) as f32 + 0.5).then_some([200, 90, 240]))
+            .map(|i| inside((i % 10) as f32 + 0.5, (i / 10) as f32 + 0.5).then_some([200, 90, 240]))
             .collect();
         let a = Staged {
             sprite: Sprite { w: 10, h: 10, yuv },
